@@ -1,0 +1,1 @@
+"""Study files shipped with ser-study (YAML, package data)."""

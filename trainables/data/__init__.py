@@ -1,0 +1,1 @@
+"""The data side: IEMOCAP reading, manifests, folds, audio and batches."""
