@@ -1,0 +1,324 @@
+"""k-means over frame embeddings: the pseudo emotion labels of phase 3 ("Clustering").
+
+Design
+------
+* **Fit on a bounded sample, label everything.** The centroids are fitted on a
+  seeded, uniformly drawn subset of at most ``KMeansConfig.max_fit_frames``
+  frames (:func:`sample_frames`); every frame is then labelled by
+  :func:`assign_labels`. Fit cost therefore stays flat as the corpus grows, while
+  labels cover the whole corpus.
+* **Two interchangeable fit backends, one labeller.** ``"sklearn"`` (CPU,
+  Lloyd with k-means++ init) and ``"cuml"`` (RAPIDS, GPU, scalable k-means++)
+  both implement :class:`KMeansBackend`: they turn a float32 sample into
+  centroids. Labels never come from a backend's own ``predict``; they come from
+  :func:`assign_labels` (torch, batched, float32, CPU or CUDA), so the same
+  centroids give the same labels whichever backend fitted them.
+* **cuML is optional.** It is imported only inside :func:`get_backend` when
+  ``"cuml"`` is asked for, so importing this module never needs a GPU.
+* **Deterministic.** The sample depends only on ``(N, max_fit_frames, seed)``
+  and the sklearn fit on ``seed``: the same inputs give the same centroids and
+  labels on CPU.
+* **Memory.** ``frames`` may be a float16 ``np.memmap`` ``[N, D]`` far larger
+  than RAM; only the sample (float32) and one batch at a time are materialised.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+KMEANS_BACKENDS = ("sklearn", "cuml")
+
+# Rows gathered from ``frames`` at a time when sampling (bounds the float16 -> float32 copy).
+_GATHER_ROWS = 65536
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class KMeansConfig:
+    """Settings of one k-means fit; ``validate`` checks them."""
+
+    n_clusters: int
+    # k-means cost grows linearly with the fit frames while 200k frames (~1 h of
+    # 50 Hz audio) already pin down 50-150 centroids: fit on a seeded sample.
+    max_fit_frames: int = 200_000
+    n_init: int = 3
+    max_iter: int = 100
+    seed: int = 0
+    backend: str = "sklearn"
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the offending field and its allowed values."""
+        for name, minimum in (("n_clusters", 1), ("max_fit_frames", 1), ("n_init", 1), ("max_iter", 1)):
+            value = getattr(self, name)
+            if not _is_int(value) or value < minimum:
+                raise ValueError(f"KMeansConfig.{name} must be an integer >= {minimum}, got {value!r}")
+        if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"KMeansConfig.seed must be an integer in [0, 2**32), got {self.seed!r}")
+        if self.backend not in KMEANS_BACKENDS:
+            raise ValueError(f"KMeansConfig.backend must be one of {KMEANS_BACKENDS}, got {self.backend!r}")
+        if self.max_fit_frames < self.n_clusters:
+            raise ValueError(
+                f"KMeansConfig.max_fit_frames ({self.max_fit_frames}) must be >= n_clusters "
+                f"({self.n_clusters}): a fit needs at least one frame per cluster"
+            )
+
+
+@dataclass(frozen=True, eq=False)
+class KMeansResult:
+    """Outcome of :func:`fit_kmeans`.
+
+    ``centroids`` is ``[K, D]`` float32; ``inertia`` is the sum of squared
+    distances of the fit sample (``frames_used`` rows out of ``total_frames``)
+    to their nearest centroid, as reported by the backend.
+    """
+
+    centroids: np.ndarray
+    inertia: float
+    frames_used: int
+    total_frames: int
+    n_iter: int
+    fit_seconds: float
+    backend: str
+
+    def record(self) -> dict:
+        """JSON-able summary (no centroids)."""
+        return {
+            "backend": self.backend,
+            "n_clusters": int(self.centroids.shape[0]),
+            "dim": int(self.centroids.shape[1]),
+            "inertia": float(self.inertia),
+            "frames_used": int(self.frames_used),
+            "total_frames": int(self.total_frames),
+            "n_iter": int(self.n_iter),
+            "fit_seconds": float(self.fit_seconds),
+        }
+
+
+class KMeansBackend(Protocol):
+    """Fits centroids on an in-memory float32 sample."""
+
+    name: str
+
+    def fit(self, sample: np.ndarray, config: KMeansConfig) -> tuple[np.ndarray, float, int]:
+        """``sample`` ``[M, D]`` float32 -> (centroids ``[K, D]`` float32, inertia, n_iter)."""
+        ...
+
+
+class SklearnBackend:
+    """scikit-learn ``KMeans`` (Lloyd, k-means++ init) on CPU."""
+
+    name = "sklearn"
+
+    def fit(self, sample: np.ndarray, config: KMeansConfig) -> tuple[np.ndarray, float, int]:
+        from sklearn.cluster import KMeans
+
+        model = KMeans(
+            n_clusters=config.n_clusters,
+            init="k-means++",
+            n_init=config.n_init,
+            max_iter=config.max_iter,
+            random_state=config.seed,
+        )
+        model.fit(sample)
+        return (
+            np.ascontiguousarray(model.cluster_centers_, dtype=np.float32),
+            float(model.inertia_),
+            int(model.n_iter_),
+        )
+
+
+class CumlBackend:
+    """RAPIDS cuML ``KMeans`` (scalable k-means++ init) on a CUDA GPU.
+
+    Built by :func:`get_backend`, which imports cuML and passes its ``KMeans`` class.
+    """
+
+    name = "cuml"
+
+    def __init__(self, kmeans_class) -> None:
+        self._kmeans_class = kmeans_class
+
+    def fit(self, sample: np.ndarray, config: KMeansConfig) -> tuple[np.ndarray, float, int]:
+        model = self._kmeans_class(
+            n_clusters=config.n_clusters,
+            init="scalable-k-means++",
+            n_init=config.n_init,
+            max_iter=config.max_iter,
+            random_state=config.seed,
+            output_type="numpy",
+        )
+        model.fit(np.ascontiguousarray(sample, dtype=np.float32))
+        return (
+            np.ascontiguousarray(np.asarray(model.cluster_centers_), dtype=np.float32),
+            float(model.inertia_),
+            int(model.n_iter_),
+        )
+
+
+def get_backend(name: str) -> KMeansBackend:
+    """The fit backend called ``name`` (one of ``KMEANS_BACKENDS``).
+
+    ``"cuml"`` imports cuML here and only here; where it cannot be imported a
+    ``RuntimeError`` says what it needs.
+    """
+    if name == "sklearn":
+        return SklearnBackend()
+    if name == "cuml":
+        try:
+            from cuml.cluster import KMeans as CumlKMeans
+        except Exception as exc:  # ImportError, or OSError/RuntimeError when CUDA is missing
+            raise RuntimeError(
+                "k-means backend 'cuml' is unavailable: cuML needs a CUDA GPU and RAPIDS, "
+                "installed with `pip install ser-study[gpu]`; use backend='sklearn' on CPU "
+                f"(import failed: {type(exc).__name__}: {exc})"
+            ) from exc
+        return CumlBackend(CumlKMeans)
+    raise ValueError(f"unknown k-means backend {name!r}; allowed: {KMEANS_BACKENDS}")
+
+
+def _check_frames(frames: np.ndarray, name: str = "frames") -> None:
+    if getattr(frames, "ndim", None) != 2:
+        raise ValueError(f"{name} must be a 2-D array [N, D], got shape {getattr(frames, 'shape', None)}")
+    if frames.shape[1] < 1:
+        raise ValueError(f"{name} has no feature columns: shape {frames.shape}")
+
+
+def sample_frames(frames: np.ndarray, max_frames: int, seed: int) -> np.ndarray:
+    """A seeded uniform sample of rows, without replacement, in their original order.
+
+    ``frames`` ``[N, D]`` (any float dtype, e.g. a float16 ``np.memmap``) ->
+    float32 ``[min(N, max_frames), D]``. When ``N <= max_frames`` every row is
+    returned. The drawn indices depend only on ``(N, max_frames, seed)``; they
+    are sorted so that a memmap is read front to back.
+    """
+    _check_frames(frames)
+    if not _is_int(max_frames) or max_frames < 1:
+        raise ValueError(f"max_frames must be an integer >= 1, got {max_frames!r}")
+    total = frames.shape[0]
+    if total <= max_frames:
+        indices = np.arange(total)
+    else:
+        indices = np.sort(np.random.default_rng(seed).choice(total, size=max_frames, replace=False))
+    sample = np.empty((len(indices), frames.shape[1]), dtype=np.float32)
+    for start in range(0, len(indices), _GATHER_ROWS):
+        chunk = indices[start : start + _GATHER_ROWS]
+        if total <= max_frames:  # contiguous slice: cheaper than fancy indexing
+            sample[start : start + len(chunk)] = frames[chunk[0] : chunk[-1] + 1]
+        else:
+            sample[start : start + len(chunk)] = frames[chunk]
+    return sample
+
+
+def fit_kmeans(frames: np.ndarray, config: KMeansConfig) -> KMeansResult:
+    """Fit ``config.n_clusters`` centroids to ``frames`` ``[N, D]``.
+
+    Validates ``config``, draws at most ``config.max_fit_frames`` rows with
+    :func:`sample_frames` and fits them with ``config.backend``. Label all
+    frames afterwards with :func:`assign_labels`.
+    """
+    config.validate()
+    _check_frames(frames)
+    total = int(frames.shape[0])
+    if config.n_clusters > total:
+        raise ValueError(
+            f"{config.n_clusters} clusters but only {total} frames to cluster: "
+            "lower n_clusters or embed more audio"
+        )
+    backend = get_backend(config.backend)
+    started = time.perf_counter()
+    sample = sample_frames(frames, config.max_fit_frames, config.seed)
+    sampled = time.perf_counter()
+    centroids, inertia, n_iter = backend.fit(sample, config)
+    fit_seconds = time.perf_counter() - sampled
+    if centroids.shape != (config.n_clusters, frames.shape[1]):
+        raise RuntimeError(
+            f"backend {backend.name!r} returned centroids of shape {centroids.shape}, "
+            f"expected {(config.n_clusters, frames.shape[1])}"
+        )
+    logger.info(
+        "k-means %s: K=%d on %d of %d frames (D=%d), %d iterations, inertia %.6g; "
+        "sampling %.2f s, fit %.2f s",
+        backend.name, config.n_clusters, len(sample), total, frames.shape[1], n_iter, inertia,
+        sampled - started, fit_seconds,
+    )
+    return KMeansResult(
+        centroids=centroids,
+        inertia=inertia,
+        frames_used=len(sample),
+        total_frames=total,
+        n_iter=n_iter,
+        fit_seconds=fit_seconds,
+        backend=backend.name,
+    )
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def nearest_centroids(
+    frames: np.ndarray,
+    centroids: np.ndarray,
+    batch_size: int = 65536,
+    device: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid of every frame and its squared euclidean distance.
+
+    ``frames`` ``[N, D]`` (any float dtype, memmap allowed), ``centroids``
+    ``[K, D]`` -> (labels int32 ``[N]``, squared distances float64 ``[N]``).
+    The argmin uses ``|c|^2 - 2 x.c`` in float32 on ``device`` (default: CUDA
+    if available, else CPU), ``batch_size`` frames at a time; the returned
+    distance is recomputed directly as ``|x - c|^2`` so it does not suffer the
+    cancellation of the expanded form.
+    """
+    _check_frames(frames)
+    _check_frames(centroids, "centroids")
+    if centroids.shape[1] != frames.shape[1]:
+        raise ValueError(
+            f"centroids have dimension {centroids.shape[1]} but frames have {frames.shape[1]}"
+        )
+    if not _is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    device = torch.device(device or _default_device())
+    total = frames.shape[0]
+    labels = np.empty(total, dtype=np.int32)
+    distances = np.empty(total, dtype=np.float64)
+    with torch.inference_mode():
+        centres = torch.as_tensor(np.ascontiguousarray(centroids, dtype=np.float32), device=device)
+        centre_norms = (centres * centres).sum(dim=1)
+        for start in range(0, total, batch_size):
+            stop = min(start + batch_size, total)
+            batch = torch.as_tensor(np.ascontiguousarray(frames[start:stop], dtype=np.float32), device=device)
+            scores = centre_norms.unsqueeze(0) - 2.0 * (batch @ centres.T)
+            nearest = scores.argmin(dim=1)
+            diff = centres[nearest].sub_(batch)
+            labels[start:stop] = nearest.to(torch.int32).cpu().numpy()
+            distances[start:stop] = diff.square_().sum(dim=1, dtype=torch.float64).cpu().numpy()
+    return labels, distances
+
+
+def assign_labels(
+    frames: np.ndarray,
+    centroids: np.ndarray,
+    batch_size: int = 65536,
+    device: str | None = None,
+) -> np.ndarray:
+    """Index of the nearest centroid (squared euclidean) of every frame.
+
+    ``frames`` ``[N, D]`` (any float dtype, memmap allowed), ``centroids``
+    ``[K, D]`` -> int32 ``[N]``. Computed with torch in float32, ``batch_size``
+    frames at a time, on ``device`` (default: CUDA if available, else CPU).
+    Both backends' centroids are labelled here, so labels are consistent.
+    """
+    return nearest_centroids(frames, centroids, batch_size=batch_size, device=device)[0]
