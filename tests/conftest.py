@@ -31,3 +31,20 @@ def corpus_copy(small_corpus, tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def small_utterances(small_corpus):
     return read_iemocap(small_corpus, get_label_set("4class")).utterances
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory) -> Path:
+    """A tiny randomly initialised HuBERT saved to disk, loaded through the real loading path."""
+    from trainables.models.encoder import TinyEncoderConfig, make_tiny_encoder
+
+    return make_tiny_encoder(tmp_path_factory.mktemp("encoder") / "tiny", TinyEncoderConfig(hidden_size=32, num_layers=3, intermediate_size=64))
+
+
+@pytest.fixture(scope="session")
+def small_manifest(small_corpus, tmp_path_factory) -> Path:
+    from trainables.data.manifest import write_manifest
+
+    path = tmp_path_factory.mktemp("manifest") / "manifest.csv"
+    write_manifest(read_iemocap(small_corpus, get_label_set("4class")).utterances, path)
+    return path

@@ -1,0 +1,107 @@
+"""Encoder loading and frame arithmetic, pooling, span masking."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from trainables.models.encoder import EncoderError, encoder_fingerprint, load_encoder, read_encoder_info
+from trainables.models.masking import achieved_ratio, span_mask
+from trainables.models.pooling import AttentionPooling, AveragePooling, make_pooling
+from trainables.phases.mfcc_pretrain import mfcc_features
+
+
+def test_tiny_encoder_loads_through_the_hf_path(tiny_encoder):
+    info = read_encoder_info(tiny_encoder)
+    assert info.model_type == "hubert" and info.num_layers == 3 and info.hidden_size == 32
+    assert info.total_stride == 320 and info.receptive_field == 400
+    assert (tiny_encoder / "model.safetensors").is_file()
+    encoder = load_encoder(tiny_encoder)
+    assert not any(p.requires_grad for p in encoder.model.feature_extractor.parameters())
+    assert encoder_fingerprint(tiny_encoder) == encoder_fingerprint(tiny_encoder)
+
+
+@pytest.mark.parametrize("layer", [-1, 4, 12])
+def test_layer_outside_the_encoder_is_refused(tiny_encoder, layer):
+    with pytest.raises(EncoderError, match=r"outside the encoder .* 3 transformer layers: choose layer in 0..3"):
+        read_encoder_info(tiny_encoder).check_layer(layer)
+
+
+def test_unreadable_encoder_is_refused(tmp_path):
+    with pytest.raises(EncoderError, match="cannot read the encoder config"):
+        read_encoder_info(tmp_path)
+
+
+def test_frames_and_feature_lengths_align_for_many_lengths(tiny_encoder):
+    encoder = load_encoder(tiny_encoder).eval()
+    rng = np.random.default_rng(0)
+    lengths = [400, 401, 719, 720, 1039, 1040, 16000, 16001] + rng.integers(400, 48000, 12).tolist()
+    for length in lengths:
+        waveform = torch.randn(1, length)
+        with torch.no_grad():
+            out = encoder(waveform, torch.ones(1, length, dtype=torch.long), output_hidden_states=True)
+        expected = encoder.info.frame_count(length)
+        assert out.last_hidden.shape[1] == expected == int(out.frame_mask.sum())
+        assert all(h.shape[1] == expected for h in out.hidden_states)
+        assert mfcc_features(waveform[0], encoder.info).shape == (expected, 39)
+
+
+def test_padded_batch_frame_mask(tiny_encoder):
+    encoder = load_encoder(tiny_encoder).eval()
+    mask = torch.ones(2, 16000, dtype=torch.long)
+    mask[1, 8000:] = 0
+    with torch.no_grad():
+        out = encoder(torch.randn(2, 16000) * mask, mask)
+    assert out.frame_mask.sum(dim=1).tolist() == [encoder.info.frame_count(16000), encoder.info.frame_count(8000)]
+
+
+@pytest.mark.parametrize("pooling", ["attention", "average"])
+def test_pooling_ignores_padding(pooling):
+    torch.manual_seed(0)
+    layer = make_pooling(pooling, 8)
+    hidden = torch.randn(3, 20, 8)
+    mask = torch.zeros(3, 20, dtype=torch.bool)
+    for row, length in enumerate([20, 7, 13]):
+        mask[row, :length] = True
+    reference = layer(hidden, mask)
+    for extra in (1, 5, 40):
+        padded = torch.cat([hidden, torch.randn(3, extra, 8) * 100], dim=1)
+        padded_mask = torch.cat([mask, torch.zeros(3, extra, dtype=torch.bool)], dim=1)
+        assert torch.allclose(layer(padded, padded_mask), reference, atol=1e-5)
+    garbage = hidden.clone()
+    garbage[~mask] = 1e4
+    assert torch.allclose(layer(garbage, mask), reference, atol=1e-4)
+
+
+def test_average_pooling_is_the_mean_and_attention_weights_sum_to_one():
+    hidden = torch.arange(12, dtype=torch.float32).reshape(1, 4, 3)
+    mask = torch.tensor([[True, True, False, False]])
+    assert torch.allclose(AveragePooling()(hidden, mask), hidden[0, :2].mean(0, keepdim=True))
+    attention = AttentionPooling(3)
+    attention(hidden, mask)
+    assert attention.last_weights[0, 2:].sum() == 0
+    assert attention.last_weights.sum() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("ratio", [0.05, 0.2, 0.5, 0.8])
+def test_span_mask_reaches_the_requested_ratio(ratio):
+    rng = np.random.default_rng(1)
+    lengths = torch.tensor(rng.integers(20, 1500, 32))
+    mask = span_mask(lengths, int(lengths.max()), ratio, rng)
+    # Per utterance the masked count is round(ratio * frames): within 0.5 frame of the request.
+    per_utterance = mask.sum(dim=1).float()
+    assert torch.all((per_utterance - ratio * lengths).abs() <= 0.5 + 1e-6)
+    assert abs(achieved_ratio(mask, lengths) - ratio) < 0.005
+    for row, length in enumerate(lengths.tolist()):
+        assert not mask[row, length:].any(), "padding must never be masked"
+
+
+def test_span_mask_uses_spans_and_rejects_bad_ratio():
+    rng = np.random.default_rng(2)
+    mask = span_mask(torch.tensor([1000]), 1000, 0.2, rng, span=10)[0].numpy().astype(int)
+    starts = np.flatnonzero(np.diff(np.concatenate([[0], mask])) == 1)
+    assert len(starts) <= 20, "200 masked frames in spans of 10 make at most 20 runs"
+    for bad in (0.0, 1.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="mask_ratio must be in"):
+            span_mask(torch.tensor([100]), 100, bad, rng)

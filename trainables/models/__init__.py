@@ -1,0 +1,1 @@
+"""Encoders, pooling layers and heads."""

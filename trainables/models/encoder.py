@@ -1,0 +1,262 @@
+"""HuggingFace speech SSL encoders (HuBERT, wav2vec2, WavLM) behind one small interface.
+
+An encoder is given as a hub id or a local directory; both go through
+``transformers.AutoModel.from_pretrained``. Nothing here downloads unless the
+user names a hub id on a machine that can reach the hub.
+
+Layer numbering follows transformers' ``hidden_states``: 0 is the CNN feature
+projection, 1..N are the transformer layers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, HubertConfig, HubertModel
+
+logger = logging.getLogger(__name__)
+
+#: Our own record beside the HF files: the audio front end the encoder expects.
+AUDIO_CONFIG_NAME = "ser_study_audio.json"
+DEFAULT_SAMPLE_RATE = 16000
+
+
+class EncoderError(ValueError):
+    """An encoder that cannot be loaded or used as asked; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    """What the study needs to know about an encoder before loading its weights."""
+
+    name_or_path: str
+    model_type: str
+    num_layers: int
+    hidden_size: int
+    conv_kernel: tuple[int, ...]
+    conv_stride: tuple[int, ...]
+    sample_rate: int
+    normalize: bool
+
+    def check_layer(self, layer: int, field: str = "layer") -> None:
+        """Refuse a ``hidden_states`` index the encoder does not have."""
+        if not 0 <= layer <= self.num_layers:
+            raise EncoderError(
+                f"{field}={layer} is outside the encoder {self.name_or_path!r}, which has {self.num_layers} transformer "
+                f"layers: choose {field} in 0..{self.num_layers} (0 = CNN output)"
+            )
+
+    def frame_lengths(self, sample_lengths: torch.Tensor) -> torch.Tensor:
+        """Number of encoder frames for waveforms of ``sample_lengths`` samples (the CNN's arithmetic)."""
+        lengths = torch.as_tensor(sample_lengths)
+        for kernel, stride in zip(self.conv_kernel, self.conv_stride):
+            lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
+        return lengths.clamp(min=0)
+
+    def frame_count(self, num_samples: int) -> int:
+        return int(self.frame_lengths(torch.tensor(num_samples)))
+
+    @property
+    def total_stride(self) -> int:
+        """Samples between consecutive frames (320 for HuBERT: 20 ms at 16 kHz)."""
+        stride = 1
+        for s in self.conv_stride:
+            stride *= s
+        return stride
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples one frame sees; the shortest waveform that gives one frame."""
+        field, jump = 1, 1
+        for kernel, stride in zip(self.conv_kernel, self.conv_stride):
+            field += (kernel - 1) * jump
+            jump *= stride
+        return field
+
+
+def _audio_config(name_or_path: str) -> tuple[int, bool]:
+    """Sample rate and per-utterance normalisation, from our record or HF's preprocessor config."""
+    path = Path(name_or_path)
+    for file_name, rate_key in ((AUDIO_CONFIG_NAME, "sample_rate"), ("preprocessor_config.json", "sampling_rate")):
+        if (path / file_name).is_file():
+            data = json.loads((path / file_name).read_text())
+            return int(data.get(rate_key, DEFAULT_SAMPLE_RATE)), bool(data.get("do_normalize", data.get("normalize", False)))
+    return DEFAULT_SAMPLE_RATE, False
+
+
+def read_encoder_info(name_or_path: str | Path) -> EncoderInfo:
+    """Read an encoder's config (not its weights). Raises :class:`EncoderError` with a fix."""
+    name_or_path = str(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        raise EncoderError(
+            f"cannot read the encoder config of {name_or_path!r} ({str(err).splitlines()[0]}); give a local directory "
+            f"with config.json (e.g. from `ser-study tiny-encoder DIR`) or a hub id on a machine that can reach the hub"
+        ) from None
+    needed = ("num_hidden_layers", "hidden_size", "conv_kernel", "conv_stride")
+    if not all(hasattr(config, key) for key in needed):
+        raise EncoderError(f"{name_or_path!r} ({config.model_type}) is not a wav2vec2-style speech encoder: its config lacks {needed}")
+    sample_rate, normalize = _audio_config(name_or_path)
+    return EncoderInfo(
+        name_or_path=name_or_path,
+        model_type=config.model_type,
+        num_layers=config.num_hidden_layers,
+        hidden_size=config.hidden_size,
+        conv_kernel=tuple(config.conv_kernel),
+        conv_stride=tuple(config.conv_stride),
+        sample_rate=sample_rate,
+        normalize=normalize,
+    )
+
+
+def encoder_fingerprint(name_or_path: str | Path) -> str:
+    """A content id for cache keys: a hash of a local directory's config and weights, or the hub id itself."""
+    path = Path(name_or_path)
+    if not path.is_dir():
+        return f"hub:{name_or_path}"
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.iterdir() if p.suffix in {".json", ".safetensors", ".bin"}):
+        digest.update(file.name.encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class EncoderOutput:
+    """last_hidden: ``[B, F, H]``; hidden_states: N+1 tensors ``[B, F, H]`` (when asked); frame_mask: ``[B, F]`` bool."""
+
+    last_hidden: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None
+    frame_mask: torch.Tensor
+
+
+class SpeechEncoder(nn.Module):
+    """A HuggingFace speech SSL model with its audio front end and frame arithmetic."""
+
+    def __init__(self, model: nn.Module, info: EncoderInfo):
+        super().__init__()
+        self.model = model
+        self.info = info
+
+    @property
+    def hidden_size(self) -> int:
+        return self.info.hidden_size
+
+    def freeze_feature_encoder(self) -> None:
+        """Freeze the CNN feature extractor (the default in every phase: it is the part SSL learnt best)."""
+        for parameter in self.model.feature_extractor.parameters():
+            parameter.requires_grad = False
+
+    def forward(
+        self,
+        waveforms: torch.Tensor,
+        attention_mask: torch.Tensor,
+        mask_time_indices: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> EncoderOutput:
+        """Encode padded ``waveforms`` ``[B, T]`` with ``attention_mask`` ``[B, T]`` (1 = real sample).
+
+        ``mask_time_indices`` ``[B, F]`` bool replaces those frames' features with
+        the learnt mask embedding before the transformer (HuBERT's masking).
+        """
+        if self.info.normalize:
+            mask = attention_mask.to(waveforms.dtype)
+            count = mask.sum(dim=1, keepdim=True).clamp(min=1)
+            mean = (waveforms * mask).sum(dim=1, keepdim=True) / count
+            var = (((waveforms - mean) * mask) ** 2).sum(dim=1, keepdim=True) / count
+            waveforms = (waveforms - mean) / torch.sqrt(var + 1e-7) * mask
+        out = self.model(
+            waveforms,
+            attention_mask=attention_mask,
+            mask_time_indices=mask_time_indices,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        frames = out.last_hidden_state.shape[1]
+        lengths = self.info.frame_lengths(attention_mask.sum(dim=1)).clamp(max=frames)
+        frame_mask = torch.arange(frames, device=waveforms.device)[None, :] < lengths[:, None]
+        return EncoderOutput(out.last_hidden_state, out.hidden_states if output_hidden_states else None, frame_mask)
+
+    def save(self, directory: str | Path) -> None:
+        """Save weights (safetensors), HF config and our audio record, loadable by :func:`load_encoder`."""
+        directory = Path(directory)
+        self.model.save_pretrained(directory, safe_serialization=True)
+        (directory / AUDIO_CONFIG_NAME).write_text(
+            json.dumps({"sample_rate": self.info.sample_rate, "normalize": self.info.normalize}, indent=2)
+        )
+
+
+def load_encoder(name_or_path: str | Path, layerdrop: float = 0.0, freeze_feature_encoder: bool = True) -> SpeechEncoder:
+    """Load an encoder for training or inference.
+
+    ``layerdrop`` defaults to 0: dropped layers leave parameters without
+    gradients, which DDP does not allow. The model always gets a mask embedding
+    (created if the checkpoint has none) so continued pretraining can mask frames.
+    """
+    info = read_encoder_info(name_or_path)
+    try:
+        model = AutoModel.from_pretrained(info.name_or_path, layerdrop=layerdrop, apply_spec_augment=True)
+    except (OSError, ValueError) as err:
+        raise EncoderError(f"cannot load the encoder weights of {info.name_or_path!r}: {str(err).splitlines()[0]}") from None
+    if getattr(model, "masked_spec_embed", None) is None:
+        model.masked_spec_embed = nn.Parameter(torch.empty(info.hidden_size).uniform_())
+    encoder = SpeechEncoder(model, info)
+    if freeze_feature_encoder:
+        encoder.freeze_feature_encoder()
+    return encoder
+
+
+@dataclass(frozen=True)
+class TinyEncoderConfig:
+    """A HuBERT-shaped encoder small enough to train on a laptop CPU in minutes."""
+
+    hidden_size: int = 64
+    num_layers: int = 4  # enough to choose a middle layer, as the method does with HuBERT's 12
+    num_heads: int = 4
+    intermediate_size: int = 128
+    conv_channels: int = 32
+    seed: int = 0
+
+
+def make_tiny_encoder(out: str | Path, config: TinyEncoderConfig = TinyEncoderConfig()) -> Path:
+    """Save a randomly initialised tiny HuBERT to ``out`` (safetensors) and return ``out``.
+
+    It keeps HuBERT-base's CNN strides and kernels, so frame arithmetic (20 ms
+    frames, 400-sample receptive field) is exactly that of the real model.
+    """
+    torch.manual_seed(config.seed)
+    hf_config = HubertConfig(
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        intermediate_size=config.intermediate_size,
+        conv_dim=(config.conv_channels,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+        feat_extract_norm="group",
+        mask_time_prob=0.05,
+        layerdrop=0.0,
+        vocab_size=32,
+    )
+    model = HubertModel(hf_config)
+    info = EncoderInfo(
+        name_or_path=str(out),
+        model_type="hubert",
+        num_layers=config.num_layers,
+        hidden_size=config.hidden_size,
+        conv_kernel=tuple(hf_config.conv_kernel),
+        conv_stride=tuple(hf_config.conv_stride),
+        sample_rate=DEFAULT_SAMPLE_RATE,
+        normalize=False,
+    )
+    SpeechEncoder(model, info).save(out)
+    return Path(out)

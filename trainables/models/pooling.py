@@ -1,0 +1,49 @@
+"""Utterance pooling over the valid frames of an encoder output.
+
+Both poolings ignore padded frames entirely, so their output does not depend
+on how much padding a batch adds.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+POOLINGS = ("attention", "average")
+
+
+class AveragePooling(nn.Module):
+    """Mean over valid frames. hidden ``[B, F, H]``, frame_mask ``[B, F]`` bool -> ``[B, H]``."""
+
+    def forward(self, hidden: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        mask = frame_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+class AttentionPooling(nn.Module):
+    """Soft attention: e_t = tanh(w . h_t), a = softmax over valid frames, u = sum_t a_t h_t.
+
+    hidden ``[B, F, H]``, frame_mask ``[B, F]`` bool -> ``[B, H]``. The weights of the
+    last call are kept in ``last_weights`` (``[B, F]``) for inspection.
+    """
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.score = nn.Linear(hidden_size, 1)
+        self.last_weights: torch.Tensor | None = None
+
+    def forward(self, hidden: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        energy = torch.tanh(self.score(hidden).squeeze(-1)).float()
+        energy = energy.masked_fill(~frame_mask, float("-inf"))
+        weights = torch.softmax(energy, dim=1)
+        weights = torch.nan_to_num(weights, nan=0.0)  # an utterance with no valid frame pools to zero
+        self.last_weights = weights.detach()
+        return torch.einsum("bf,bfh->bh", weights.to(hidden.dtype), hidden)
+
+
+def make_pooling(name: str, hidden_size: int) -> nn.Module:
+    if name == "attention":
+        return AttentionPooling(hidden_size)
+    if name == "average":
+        return AveragePooling()
+    raise ValueError(f"unknown pooling {name!r}; choose one of {POOLINGS}")
