@@ -9,6 +9,7 @@ from typing import Sequence
 
 from study.data_commands import add_demo_data_parser, add_prepare_parser
 from study.errors import UserError
+from study.fold_command import add_run_fold_parser, add_tiny_encoder_parser
 
 logger = logging.getLogger("study")
 
@@ -19,6 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_prepare_parser(subparsers)
     add_demo_data_parser(subparsers)
+    add_tiny_encoder_parser(subparsers)
+    add_run_fold_parser(subparsers)
     return parser
 
 

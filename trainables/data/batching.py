@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -65,7 +65,8 @@ class Batch:
     """A padded batch.
 
     waveforms: ``[B, T]`` float, zero-padded; attention_mask: ``[B, T]`` long (1 = real sample);
-    labels: ``[B]`` long; utt_ids: B ids; indices: ``[B]`` long positions in the dataset.
+    labels: ``[B]`` long; utt_ids: B ids; indices: ``[B]`` long positions in the dataset;
+    frame_labels: per label set ``[B, frames]`` long (continued pretraining only).
     """
 
     waveforms: torch.Tensor
@@ -73,6 +74,7 @@ class Batch:
     labels: torch.Tensor
     utt_ids: list[str]
     indices: torch.Tensor
+    frame_labels: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def to(self, device: torch.device | str) -> "Batch":
         return Batch(
@@ -81,6 +83,7 @@ class Batch:
             self.labels.to(device, non_blocking=True),
             self.utt_ids,
             self.indices,
+            {name: labels.to(device, non_blocking=True) for name, labels in self.frame_labels.items()},
         )
 
     def __len__(self) -> int:

@@ -1,0 +1,102 @@
+"""Phase artifacts: the record every phase leaves, and where its files live.
+
+An artifact directory is complete if and only if it exists: phases write into a
+temporary sibling and rename it into place (:func:`trainables.atomic.atomic_directory`).
+Its ``record.json`` names the phase, its parameters, the upstream artifacts, the
+fingerprint and count of the utterances it trained or fit on, wall time and device.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import socket
+import time
+from dataclasses import asdict, dataclass, field, is_dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from trainables.data.manifest import Utterance, fingerprint
+
+RECORD_FILE = "record.json"
+#: Bumped when a phase's code changes what it produces, so cached artifacts are not reused across it.
+PHASE_CODE_VERSION = {"tapt": 1, "embeddings": 1, "clustering": 1, "cpt": 1, "finetune": 1}
+
+
+def encoder_dir(artifact: Path) -> Path:
+    """The encoder saved by TAPT or CPT inside its artifact."""
+    return artifact / "encoder"
+
+
+def classifier_dir(artifact: Path) -> Path:
+    """The fine-tuned classifier (encoder + pooling + heads) inside a fine-tuning artifact."""
+    return artifact / "classifier"
+
+
+def checkpoint_dir_for(artifact: Path) -> Path:
+    """Where a training phase keeps its resumable checkpoint while it builds ``artifact``."""
+    return artifact.with_name(f".{artifact.name}.ckpt")
+
+
+def describe_utterances(utterances: Sequence[Utterance]) -> dict[str, Any]:
+    """Fingerprint, count and sessions of the utterances a phase used."""
+    return {
+        "fingerprint": fingerprint(u.utt_id for u in utterances),
+        "count": len(utterances),
+        "sessions": sorted({u.session for u in utterances}),
+    }
+
+
+def to_plain(value: Any) -> Any:
+    """``value`` with dataclasses, enums, paths and tuples turned into JSON types."""
+    if is_dataclass(value):
+        return {k: to_plain(v) for k, v in asdict(value).items()}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu:{platform.processor() or platform.machine()}"
+
+
+@dataclass
+class PhaseRecord:
+    phase: str
+    params: dict[str, Any]
+    upstream: dict[str, str]
+    used: dict[str, dict[str, Any]]  # role ("trained_on", "fit_on", "selected_on", "tested_on") -> describe_utterances(...)
+    results: dict[str, Any] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+    device: str = ""
+    world_size: int = 1
+    host: str = field(default_factory=socket.gethostname)
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    code_version: int = 0
+
+    def __post_init__(self) -> None:
+        self.code_version = self.code_version or PHASE_CODE_VERSION[self.phase]
+        self.params = to_plain(self.params)
+        self.results = to_plain(self.results)
+
+
+def write_record(directory: Path, record: PhaseRecord) -> None:
+    (directory / RECORD_FILE).write_text(json.dumps(asdict(record), indent=2, sort_keys=True))
+
+
+def read_record(artifact: Path) -> dict[str, Any]:
+    path = artifact / RECORD_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{artifact} is not a complete phase artifact: {RECORD_FILE} is missing")
+    return json.loads(path.read_text())

@@ -1,0 +1,122 @@
+"""Utterance classification training, shared by TAPT and fine-tuning.
+
+Both phases train encoder + pooling + linear head on utterance labels with
+class-weighted cross-entropy and keep the epoch with the best validation UA;
+they differ in the starting encoder and the pooling.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from trainables.data.audio import Crop
+from trainables.data.batching import Batch, UtteranceDataset
+from trainables.data.manifest import Utterance
+from trainables.metrics import classification_metrics
+from trainables.models.encoder import load_encoder
+from trainables.models.heads import UtteranceClassifier
+from trainables.runtime import Runtime
+from trainables.training import FitResult, TrainConfig, fit, make_loader, predict_logits
+
+logger = logging.getLogger(__name__)
+
+EMOTION_TASK = "emotion"
+HEADS_FILE = "heads.safetensors"
+CLASSIFIER_FILE = "classifier.json"
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """A supervised utterance-classification phase (TAPT or fine-tuning)."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    class_weighting: bool = True  # inverse-frequency class weights: IEMOCAP's hap+exc and neu outnumber the rest
+    dropout: float = 0.1
+    freeze_feature_encoder: bool = True  # the CNN is what SSL learnt best; fine-tuning it rarely helps on 7 h of data
+    eval_max_batch_seconds: float = 320.0  # no gradients at evaluation: twice the training batch fits
+
+    def validate(self, name: str) -> None:
+        self.train.validate(f"{name}.train")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"{name}.dropout must be in [0, 1)")
+
+
+def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights ``[num_classes]``, normalised to mean 1 over the classes present."""
+    counts = np.bincount(np.asarray(labels), minlength=num_classes).astype(float)
+    weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / max(1, (counts > 0).sum()), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def evaluate_classifier(
+    model: UtteranceClassifier, dataset: UtteranceDataset, classes: Sequence[str], cfg: ClassifierConfig, runtime: Runtime
+) -> tuple[dict, list[int], torch.Tensor]:
+    """Metrics (UA, WA, macro-F1, confusion), dataset indices and logits ``[N, C]`` on ``dataset``."""
+    indices, logits = predict_logits(model, dataset, cfg.eval_max_batch_seconds, runtime, EMOTION_TASK)
+    labels = [dataset.label_index[dataset.utterances[i].label] for i in indices]
+    metrics = classification_metrics(labels, logits.argmax(dim=1).tolist(), len(classes))
+    return metrics, indices, logits
+
+
+def train_classifier(
+    encoder_path: str | Path,
+    pooling: str,
+    train: Sequence[Utterance],
+    val: Sequence[Utterance],
+    classes: Sequence[str],
+    cfg: ClassifierConfig,
+    runtime: Runtime,
+) -> tuple[UtteranceClassifier, FitResult]:
+    """Train a classifier from ``encoder_path``; return it with the best validation-UA state loaded."""
+    encoder = load_encoder(encoder_path, freeze_feature_encoder=cfg.freeze_feature_encoder)
+    label_index = {c: i for i, c in enumerate(classes)}
+    model = UtteranceClassifier(encoder, pooling, {EMOTION_TASK: len(classes)}, dropout=cfg.dropout)
+    rate = encoder.info.sample_rate
+    train_set = UtteranceDataset(train, label_index, rate, cfg.train.max_train_seconds, Crop.RANDOM, seed=cfg.train.seed + runtime.rank)
+    val_set = UtteranceDataset(val, label_index, rate, None, Crop.NONE)
+    weights = class_weights([label_index[u.label] for u in train], len(classes)) if cfg.class_weighting else None
+    weights = None if weights is None else weights.to(runtime.device)
+    loader, sampler = make_loader(train_set, cfg.train, runtime, shuffle=True)
+
+    def loss_fn(net, batch: Batch):
+        logits = net(batch.waveforms, batch.attention_mask)[EMOTION_TASK]
+        loss = F.cross_entropy(logits.float(), batch.labels, weight=weights)
+        return loss, {"accuracy": float((logits.argmax(1) == batch.labels).float().mean())}
+
+    def evaluate(net):
+        metrics, _, _ = evaluate_classifier(net, val_set, classes, cfg, runtime)
+        return {"val_ua": metrics["ua"], "val_wa": metrics["wa"], "val_macro_f1": metrics["macro_f1"]}
+
+    result = fit(model, loader, sampler, loss_fn, cfg.train, runtime, evaluate=evaluate, select="val_ua")
+    model.load_state_dict(result.best_state)
+    return model, result
+
+
+def save_classifier(model: UtteranceClassifier, classes: Sequence[str], directory: Path) -> None:
+    """Encoder (HF format) + pooling and heads (safetensors) + a JSON description."""
+    model.encoder.save(directory / "encoder")
+    head_state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("encoder.")}
+    save_file(head_state, str(directory / HEADS_FILE))
+    description = {"pooling": model.pooling_name, "classes": list(classes), "tasks": {t: h.out_features for t, h in model.heads.items()}}
+    (directory / CLASSIFIER_FILE).write_text(json.dumps(description, indent=2))
+
+
+def load_classifier(directory: Path) -> tuple[UtteranceClassifier, list[str]]:
+    """Load what :func:`save_classifier` wrote, for prediction."""
+    description = json.loads((directory / CLASSIFIER_FILE).read_text())
+    encoder = load_encoder(directory / "encoder")
+    model = UtteranceClassifier(encoder, description["pooling"], description["tasks"])
+    missing, unexpected = model.load_state_dict(load_file(str(directory / HEADS_FILE)), strict=False)
+    if unexpected or any(not k.startswith("encoder.") for k in missing):
+        raise ValueError(f"{directory} does not match its classifier description (missing {missing}, unexpected {unexpected})")
+    model.eval()
+    return model, description["classes"]

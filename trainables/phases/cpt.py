@@ -1,0 +1,167 @@
+"""Phase 4, continued pretraining (CPT): predict the pseudo labels of masked frames.
+
+Starting from the pretrained encoder (or, by option, the TAPT one), spans of
+frames covering ``mask_ratio`` of each utterance are replaced by the mask
+embedding before the transformer, which learns to predict the masked frames'
+pseudo labels (HuBERT-style cosine head, or a linear head). Several pseudo-label
+sets (e.g. several K at once, as GMP-TL does) get one head each, losses summed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainables.atomic import atomic_directory
+from trainables.data.audio import Crop, load_waveform
+from trainables.data.batching import Batch, UtteranceDataset, collate
+from trainables.data.manifest import Utterance
+from trainables.models.encoder import EncoderInfo, encoder_fingerprint, load_encoder
+from trainables.models.heads import FRAME_HEADS, FramePredictor
+from trainables.models.masking import DEFAULT_SPAN, achieved_ratio, span_mask
+from trainables.phases.artifacts import PhaseRecord, describe_utterances, device_name, encoder_dir, write_record
+from trainables.phases.clustering import load_pseudo_labels
+from trainables.runtime import Runtime
+from trainables.training import TrainConfig, fit, make_loader
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class CptConfig:
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, lr=5e-5, head_lr=5e-4))
+    head: str = "cosine"  # HuBERT's projection + cosine logits (temperature 0.1), as the reference code
+    span: int = DEFAULT_SPAN
+    init: str = "pretrained"  # or "tapt": start from the TAPT encoder
+    freeze_feature_encoder: bool = True
+
+    def validate(self, name: str) -> None:
+        self.train.validate(f"{name}.train")
+        if self.head not in FRAME_HEADS:
+            raise ValueError(f"{name}.head must be one of {FRAME_HEADS}, got {self.head!r}")
+        if self.init not in ("pretrained", "tapt"):
+            raise ValueError(f"{name}.init must be 'pretrained' or 'tapt', got {self.init!r}")
+        if self.span < 1:
+            raise ValueError(f"{name}.span must be at least 1")
+
+
+class PseudoLabelError(ValueError):
+    """Pseudo labels that do not line up with the encoder's frames."""
+
+
+class FrameLabelDataset(UtteranceDataset):
+    """Utterances with their frame pseudo labels (one ``[frames]`` array per label set).
+
+    Long utterances are cropped at a multiple of the encoder's frame stride, so
+    the cropped waveform's frames are exactly a slice of the full one's.
+    """
+
+    def __init__(self, utterances: Sequence[Utterance], label_sets: Mapping[str, Mapping[str, np.ndarray]], info: EncoderInfo, max_seconds: float | None, seed: int):
+        super().__init__(utterances, {}, info.sample_rate, max_seconds, Crop.START, seed=seed)
+        self.info = info
+        self.label_sets = label_sets
+        self.crop_samples = self.max_samples
+        self.rng = np.random.default_rng(seed)
+
+    def __getitem__(self, index: int) -> dict:
+        utt = self.utterances[index]
+        waveform = load_waveform(utt.path, self.info.sample_rate)
+        frames = self.info.frame_count(waveform.numel())
+        labels = {}
+        for name, table in self.label_sets.items():
+            utt_labels = table[utt.utt_id]
+            if len(utt_labels) != frames:
+                raise PseudoLabelError(
+                    f"{utt.utt_id}: {len(utt_labels)} pseudo labels in set {name!r} but the encoder gives {frames} frames "
+                    f"for its {waveform.numel()} samples; rebuild the embeddings with this encoder's frame arithmetic"
+                )
+            labels[name] = utt_labels
+        if self.crop_samples is not None and waveform.numel() > self.crop_samples:
+            stride = self.info.total_stride
+            start_frame = int(self.rng.integers(0, (waveform.numel() - self.crop_samples) // stride + 1))
+            waveform = waveform[start_frame * stride : start_frame * stride + self.crop_samples]
+            kept = self.info.frame_count(waveform.numel())
+            labels = {name: values[start_frame : start_frame + kept] for name, values in labels.items()}
+        return {"waveform": waveform, "label": -1, "utt_id": utt.utt_id, "index": index, "frame_labels": labels}
+
+
+def collate_frames(items: Sequence[dict]) -> Batch:
+    """:func:`collate`, plus ``frame_labels``: ``{set: [B, max_frames]}`` padded with -100."""
+    batch = collate(items)
+    for name in items[0]["frame_labels"]:
+        longest = max(len(item["frame_labels"][name]) for item in items)
+        table = torch.full((len(items), longest), IGNORE, dtype=torch.long)
+        for row, item in enumerate(items):
+            values = torch.from_numpy(np.asarray(item["frame_labels"][name], dtype=np.int64))
+            table[row, : len(values)] = values
+        batch.frame_labels[name] = table
+    return batch
+
+
+def run_cpt(
+    init_encoder: str | Path,
+    utterances: Sequence[Utterance],
+    clusterings: Mapping[str, Path],
+    mask_ratio: float,
+    cfg: CptConfig,
+    out: Path,
+    runtime: Runtime,
+) -> dict:
+    """Continue pretraining ``init_encoder`` on ``utterances`` to predict masked frames' pseudo labels.
+
+    ``clusterings`` maps a label-set name (e.g. ``"k50"``) to its clustering artifact.
+    """
+    if not 0.0 < mask_ratio < 1.0:
+        raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+    started = time.perf_counter()
+    encoder = load_encoder(init_encoder, freeze_feature_encoder=cfg.freeze_feature_encoder)
+    tables = {name: load_pseudo_labels(path) for name, path in clusterings.items()}
+    for name, table in tables.items():
+        missing = [u.utt_id for u in utterances if u.utt_id not in table]
+        if missing:
+            raise PseudoLabelError(f"label set {name!r} has no pseudo labels for {len(missing)} utterances, e.g. {missing[:3]}")
+    num_labels = {name: int(max(t.max() for t in table.values())) + 1 for name, table in tables.items()}
+    model = FramePredictor(encoder, num_labels, head=cfg.head)
+    dataset = FrameLabelDataset(utterances, tables, encoder.info, cfg.train.max_train_seconds, seed=cfg.train.seed + runtime.rank)
+    loader, sampler = make_loader(dataset, cfg.train, runtime, shuffle=True, collate_fn=collate_frames)
+    mask_rng = np.random.default_rng([cfg.train.seed, runtime.rank])
+    info = encoder.info
+
+    def loss_fn(net, batch: Batch):
+        frame_lengths = info.frame_lengths(batch.attention_mask.sum(dim=1)).cpu()
+        num_frames = next(iter(batch.frame_labels.values())).shape[1]
+        mask = span_mask(frame_lengths, num_frames, mask_ratio, mask_rng, cfg.span).to(runtime.device)
+        logits = net(batch.waveforms, batch.attention_mask, mask)
+        losses, extra = [], {"mask_ratio": achieved_ratio(mask, frame_lengths)}
+        for name, name_logits in logits.items():
+            targets = batch.frame_labels[name].to(runtime.device)[mask]
+            losses.append(F.cross_entropy(name_logits.float(), targets, ignore_index=IGNORE))
+            extra[f"{name}_accuracy"] = float((name_logits.argmax(1) == targets).float().mean()) if targets.numel() else 0.0
+        return sum(losses), extra
+
+    result = fit(model, loader, sampler, loss_fn, cfg.train, runtime)
+    model.load_state_dict(result.best_state)
+    if runtime.is_main:
+        with atomic_directory(out) as tmp:
+            model.encoder.save(encoder_dir(tmp))
+            write_record(
+                tmp,
+                PhaseRecord(
+                    phase="cpt",
+                    params={"config": cfg, "mask_ratio": mask_ratio, "label_sets": num_labels},
+                    upstream={"init_encoder": str(init_encoder), "init_fingerprint": encoder_fingerprint(init_encoder), **{f"clustering_{n}": str(p) for n, p in clusterings.items()}},
+                    used={"trained_on": describe_utterances(utterances)},
+                    results={"final": result.history[-1] if result.history else {}, "history": result.history, "resumed_from_epoch": result.resumed_from_epoch},
+                    wall_seconds=time.perf_counter() - started,
+                    device=device_name(runtime.device),
+                    world_size=runtime.world_size,
+                ),
+            )
+    runtime.barrier()
+    return result.history[-1] if result.history else {}

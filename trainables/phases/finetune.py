@@ -1,0 +1,82 @@
+"""Phase 5: fine-tune the CPT encoder for SER with attention or average pooling, then test.
+
+Model selection by validation UA; the selected model is scored once on the
+test split: UA, WA, macro-F1, confusion matrix and per-utterance predictions.
+Artifact: ``classifier/`` (loadable by :func:`load_classifier`),
+``metrics.json``, ``predictions.csv`` and the record.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from trainables.atomic import atomic_directory
+from trainables.data.audio import Crop
+from trainables.data.batching import UtteranceDataset
+from trainables.data.manifest import Utterance
+from trainables.phases.artifacts import PhaseRecord, classifier_dir, describe_utterances, device_name, write_record
+from trainables.phases.classifier import ClassifierConfig, evaluate_classifier, save_classifier, train_classifier
+from trainables.runtime import Runtime
+
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.csv"
+
+
+def read_metrics(artifact: Path) -> dict:
+    return json.loads((artifact / METRICS_FILE).read_text())
+
+
+def run_finetune(
+    encoder: Path,
+    pooling: str,
+    train: Sequence[Utterance],
+    val: Sequence[Utterance],
+    test: Sequence[Utterance],
+    classes: Sequence[str],
+    cfg: ClassifierConfig,
+    out: Path,
+    runtime: Runtime,
+) -> dict:
+    """Fine-tune, select on ``val``, score on ``test``; returns ``{"val": ..., "test": ...}`` metrics."""
+    started = time.perf_counter()
+    model, result = train_classifier(encoder, pooling, train, val, classes, cfg, runtime)
+    model = model.to(runtime.device).eval()
+    label_index = {c: i for i, c in enumerate(classes)}
+    test_set = UtteranceDataset(test, label_index, model.encoder.info.sample_rate, None, Crop.NONE)
+    test_metrics, indices, logits = evaluate_classifier(model, test_set, classes, cfg, runtime)
+    val_metrics = {k.removeprefix("val_"): v for k, v in result.best_metrics.items() if k.startswith("val_")}
+    metrics = {"val": val_metrics, "test": test_metrics, "best_epoch": result.best_metrics.get("epoch"), "classes": list(classes)}
+    if runtime.is_main:
+        probabilities = torch.softmax(logits, dim=1)
+        with atomic_directory(out) as tmp:
+            directory = classifier_dir(tmp)
+            directory.mkdir()
+            save_classifier(model, classes, directory)
+            (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+            with open(tmp / PREDICTIONS_FILE, "w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["utt_id", "label", "predicted", *[f"p_{c}" for c in classes]])
+                for row, index in enumerate(indices):
+                    utt = test_set.utterances[index]
+                    writer.writerow([utt.utt_id, utt.label, classes[int(probabilities[row].argmax())], *[f"{p:.4f}" for p in probabilities[row].tolist()]])
+            write_record(
+                tmp,
+                PhaseRecord(
+                    phase="finetune",
+                    params={"config": cfg, "pooling": pooling, "classes": list(classes)},
+                    upstream={"encoder": str(encoder)},
+                    used={"trained_on": describe_utterances(train), "selected_on": describe_utterances(val), "tested_on": describe_utterances(test)},
+                    results={"metrics": metrics, "history": result.history, "resumed_from_epoch": result.resumed_from_epoch},
+                    wall_seconds=time.perf_counter() - started,
+                    device=device_name(runtime.device),
+                    world_size=runtime.world_size,
+                ),
+            )
+    runtime.barrier()
+    return metrics

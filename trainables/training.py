@@ -1,0 +1,217 @@
+"""The training loop every training phase shares, readable top to bottom.
+
+Per epoch: train on this rank's bucketed batches, evaluate, keep the best
+state by the selection metric, report the metrics and a resumable checkpoint.
+A restarted run (a worker died; the process was killed) resumes after the last
+reported epoch with the same optimizer, schedule and best-so-far state.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from trainables.data.batching import Batch, BucketBatchSampler, UtteranceDataset, collate
+from trainables.runtime import Runtime, autocast, load_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of one training phase."""
+
+    epochs: int = 10
+    lr: float = 5e-5  # encoder learning rate: the usual HuBERT fine-tuning rate
+    head_lr: float = 1e-3  # new layers (pooling, heads) start from scratch and learn faster
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1  # linear warm-up over this share of steps, then linear decay
+    max_batch_seconds: float = 160.0  # padded audio per batch and rank: fits HuBERT-base on a 24 GB GPU in bf16
+    max_train_seconds: float | None = 15.0  # random crop of longer training utterances (IEMOCAP has a few > 30 s)
+    grad_clip: float = 1.0
+    patience: int | None = None  # stop after this many epochs without a better selection score; None = run all
+    loader_workers: int = 0  # DataLoader processes; soundfile reads are cheap next to the encoder
+    seed: int = 0
+
+    def validate(self, name: str) -> None:
+        checks = [
+            (self.epochs >= 1, "epochs must be at least 1"),
+            (self.lr > 0 and self.head_lr > 0, "lr and head_lr must be positive"),
+            (0 <= self.warmup_fraction < 1, "warmup_fraction must be in [0, 1)"),
+            (self.max_batch_seconds > 0, "max_batch_seconds must be positive"),
+            (self.max_train_seconds is None or self.max_train_seconds > 0.05, "max_train_seconds must be > 0.05 or null"),
+            (self.patience is None or self.patience >= 1, "patience must be at least 1 or null"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"{name}: {message}")
+
+
+@dataclass
+class FitResult:
+    best_state: dict[str, torch.Tensor]
+    best_metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    resumed_from_epoch: int | None = None
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def make_loader(dataset: UtteranceDataset, cfg: TrainConfig, runtime: Runtime, shuffle: bool, collate_fn=collate) -> tuple[DataLoader, BucketBatchSampler]:
+    sampler = BucketBatchSampler(
+        dataset.durations(), cfg.max_batch_seconds, num_replicas=runtime.world_size, rank=runtime.rank, shuffle=shuffle, seed=cfg.seed
+    )
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=cfg.loader_workers)
+    return loader, sampler
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    encoder, new = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (encoder if name.startswith("encoder.") else new).append(parameter)
+    groups = [{"params": encoder, "lr": cfg.lr}, {"params": new, "lr": cfg.head_lr}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
+
+
+def _schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float) -> torch.optim.lr_scheduler.LambdaLR:
+    warmup = max(1, int(warmup_fraction * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in unwrap(model).state_dict().items()}
+
+
+def fit(
+    model: nn.Module,
+    loader: DataLoader,
+    sampler: BucketBatchSampler,
+    loss_fn: Callable[[nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]],
+    cfg: TrainConfig,
+    runtime: Runtime,
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+    select: str | None = None,
+) -> FitResult:
+    """Train ``model`` for ``cfg.epochs`` and return the best state by ``select`` (higher is better).
+
+    ``loss_fn(model, batch)`` returns the loss and extra metrics to log;
+    ``evaluate(unwrapped_model)`` returns epoch metrics (it must hold ``select``
+    if given). Without ``select`` the last epoch's state is returned.
+    """
+    torch.manual_seed(cfg.seed + runtime.rank)
+    model = runtime.wrap(model)
+    optimizer = _optimizer(unwrap(model), cfg)
+    steps_per_epoch = len(sampler)
+    scheduler = _schedule(optimizer, cfg.epochs * steps_per_epoch, cfg.warmup_fraction)
+    start_epoch, best_score, best_state, best_metrics, history = 0, -math.inf, None, {}, []
+    resumed_from = None
+
+    checkpoint_dir = runtime.latest_checkpoint()
+    if checkpoint_dir is not None:
+        state = load_checkpoint(checkpoint_dir)
+        unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best_score = state["epoch"] + 1, state["best_score"]
+        best_state, best_metrics, history = state["best_state"], state["best_metrics"], state["history"]
+        resumed_from = state["epoch"]
+        logger.info("resumed from the checkpoint of epoch %d in %s", state["epoch"], checkpoint_dir)
+
+    epochs_without_gain = 0
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        sampler.set_epoch(epoch)
+        started = time.perf_counter()
+        totals: dict[str, float] = {"loss": 0.0}
+        audio_seconds = 0.0
+        for batch in loader:
+            batch = batch.to(runtime.device)
+            with autocast(runtime.device):
+                loss, extra = loss_fn(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            totals["loss"] += float(loss.detach())
+            for key, value in extra.items():
+                totals[key] = totals.get(key, 0.0) + value
+            audio_seconds += float(batch.attention_mask.sum()) / unwrap(model).encoder.info.sample_rate
+        seconds = time.perf_counter() - started
+        metrics = {f"train_{k}": v / max(1, steps_per_epoch) for k, v in totals.items()}
+        metrics.update(epoch=epoch, train_seconds=seconds, train_audio_s_per_s=audio_seconds * runtime.world_size / max(seconds, 1e-9))
+        if evaluate is not None:
+            model.eval()
+            with torch.no_grad(), autocast(runtime.device):
+                metrics.update(evaluate(unwrap(model)))
+        score = metrics[select] if select else float(epoch)
+        improved = score > best_score
+        if improved:
+            best_score, best_state, best_metrics = score, _cpu_state(model), dict(metrics)
+            epochs_without_gain = 0
+        else:
+            epochs_without_gain += 1
+        history.append(metrics)
+        state: dict[str, Any] | None = None
+        if runtime.is_main:
+            state = {
+                "model": _cpu_state(model),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch,
+                "best_score": best_score,
+                "best_state": best_state,
+                "best_metrics": best_metrics,
+                "history": history,
+            }
+        runtime.report(metrics, state)
+        if cfg.patience is not None and epochs_without_gain >= cfg.patience:
+            logger.info("early stop after epoch %d: no better %s for %d epochs", epoch, select, cfg.patience)
+            break
+    if best_state is None:  # resumed after the final epoch
+        best_state = _cpu_state(model)
+    return FitResult(best_state=copy.copy(best_state), best_metrics=best_metrics, history=history, resumed_from_epoch=resumed_from)
+
+
+def predict_logits(
+    model: nn.Module, dataset: UtteranceDataset, max_batch_seconds: float, runtime: Runtime, task: str
+) -> tuple[list[int], torch.Tensor]:
+    """Logits of ``task`` for every item of ``dataset``, gathered from all ranks.
+
+    Returns dataset indices (sorted) and logits ``[N, classes]`` (float32, CPU).
+    Each rank runs every ``world_size``-th bucketed batch; no collective runs
+    inside the model, so ranks may hold different numbers of batches.
+    """
+    batches = BucketBatchSampler(dataset.durations(), max_batch_seconds, shuffle=False).all_batches()
+    indices: list[int] = []
+    outputs: list[torch.Tensor] = []
+    for batch_indices in batches[runtime.rank :: runtime.world_size]:
+        batch = collate([dataset[i] for i in batch_indices]).to(runtime.device)
+        with torch.no_grad(), autocast(runtime.device):
+            logits = model(batch.waveforms, batch.attention_mask)[task]
+        indices.extend(batch_indices)
+        outputs.append(logits.float().cpu())
+    local = (indices, torch.cat(outputs) if outputs else torch.empty(0))
+    gathered = runtime.all_gather(local)
+    all_indices = [i for part, _ in gathered for i in part]
+    all_logits = torch.cat([logits for _, logits in gathered if logits.numel()])
+    order = sorted(range(len(all_indices)), key=all_indices.__getitem__)
+    return [all_indices[i] for i in order], all_logits[order]
