@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from trainables.phases.artifacts import PHASE_CODE_VERSION, RECORD_FILE, to_plain
 
@@ -31,11 +31,26 @@ def artifact_key(phase: str, spec: dict[str, Any]) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:20]
 
 
-class ArtifactCache:
-    """Phase artifacts under ``root/<phase>/<key>``."""
+class Leases(Protocol):
+    """Who builds a missing artifact when several chains want it (see :mod:`study.coordinator`)."""
 
-    def __init__(self, root: str | Path):
+    def try_acquire(self, key: str) -> bool: ...
+
+    def wait(self) -> None: ...
+
+    def holding(self, key: str): ...
+
+
+class ArtifactCache:
+    """Phase artifacts under ``root/<phase>/<key>``.
+
+    With ``leases`` (a :class:`study.coordinator.LeaseClient`), concurrent chains
+    that miss the same key get one build: the others wait for it.
+    """
+
+    def __init__(self, root: str | Path, leases: Leases | None = None):
         self.root = Path(root)
+        self.leases = leases
 
     def path(self, phase: str, key: str) -> Path:
         return self.root / phase / key
@@ -62,15 +77,32 @@ class ArtifactCache:
         """The artifact of ``phase`` for ``spec``, built by ``build(path)`` if not cached. Returns (key, path)."""
         key = artifact_key(phase, spec)
         path = self.path(phase, key)
-        if self.is_complete(path):
-            self.log_event(phase, key, "hit")
-            return key, path
+        waited = 0.0
+        while True:
+            if self.is_complete(path):
+                self.log_event(phase, key, "hit", **({"waited_seconds": round(waited, 1)} if waited else {}))
+                return key, path
+            if self.leases is None:
+                self._build(phase, key, path, build)
+                return key, path
+            if self.leases.try_acquire(f"{phase}/{key}"):
+                with self.leases.holding(f"{phase}/{key}"):
+                    if not self.is_complete(path):  # built by another chain between our check and our lease
+                        self._build(phase, key, path, build)
+                        return key, path
+                continue
+            if not waited:
+                logger.info("%s %s is being built by another trial; waiting for it", phase, key)
+            started = time.monotonic()
+            self.leases.wait()
+            waited += time.monotonic() - started
+
+    def _build(self, phase: str, key: str, path: Path, build: Callable[[Path], None]) -> None:
         started = time.time()
         build(path)
         if not self.is_complete(path):
             raise RuntimeError(f"phase {phase} finished without writing its artifact {path}")
         self.log_event(phase, key, "built", seconds=time.time() - started)
-        return key, path
 
     def events(self) -> list[dict[str, Any]]:
         path = self.root / EVENTS_FILE

@@ -20,7 +20,7 @@ from trainables.data.folds import Fold, build_fold
 from trainables.data.manifest import Utterance, fingerprint
 from trainables.executors import PhaseExecutor
 from trainables.models.encoder import encoder_fingerprint, read_encoder_info
-from trainables.phases.artifacts import encoder_dir
+from trainables.phases.artifacts import encoder_dir, read_record
 from trainables.phases.finetune import read_metrics
 from trainables.phases.settings import Candidate, PhaseSettings, Protocol
 
@@ -39,6 +39,7 @@ class FoldResult:
     built: list[str] = field(default_factory=list)  # phases built by this chain (the rest were cached)
     seconds: float = 0.0
     strict: bool = True
+    history: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # training phase -> per-epoch metrics
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,6 +119,7 @@ def run_fold_chain(
         lambda out: executor.train("finetune", out, encoder=encoder_dir(cpt), pooling=candidate.pooling, train=train, val=val, test=test, classes=classes, cfg=settings.finetune),
     )
     metrics = read_metrics(finetune)
+    history = {name: read_record(path)["results"].get("history", []) for name, path in (("tapt", tapt), ("cpt", cpt), ("finetune", finetune))}
     summary = fold.summary()
     summary["unsupervised_audio"] = protocol.unsupervised_audio
     summary["unsupervised_fingerprint"] = unsupervised_fp
@@ -130,4 +132,5 @@ def run_fold_chain(
         built=built,
         seconds=time.perf_counter() - started,
         strict=protocol.strict,
+        history=history,
     )

@@ -1,0 +1,194 @@
+"""Each phase of one fold on tiny data, their artifacts and records, the chain through the cache, run-fold."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from study.cache import ArtifactCache
+from study.chain import run_fold_chain
+from study.cli import main
+from trainables.data.folds import FoldSpec, build_fold
+from trainables.data.manifest import fingerprint
+from trainables.executors import LocalExecutor
+from trainables.kmeans import KMeansConfig
+from trainables.models.encoder import load_encoder
+from trainables.phases.artifacts import classifier_dir, encoder_dir, read_record
+from trainables.phases.classifier import load_classifier
+from trainables.phases.clustering import load_pseudo_labels, run_clustering
+from trainables.phases.cpt import PseudoLabelError, run_cpt
+from trainables.phases.embeddings import load_layer, read_index, run_embeddings
+from trainables.phases.finetune import PREDICTIONS_FILE, read_metrics, run_finetune
+from trainables.phases.settings import Candidate, Protocol, smoke_settings
+from trainables.phases.tapt import run_tapt
+from trainables.runtime import LocalRuntime
+
+CLASSES = ("neu", "hap", "ang", "sad")
+
+
+@pytest.fixture(scope="module")
+def settings():
+    """Two epochs on short crops: the phases' mechanics, not their accuracy."""
+    base = smoke_settings(epochs=2)
+    return replace(base, kmeans=replace(base.kmeans, max_fit_frames=5000, n_init=1))
+
+
+@pytest.fixture(scope="module")
+def fold(small_utterances):
+    split = build_fold(small_utterances, FoldSpec(test_session=1, seed=0))
+    pick = lambda s: [u for u in small_utterances if u.utt_id in set(s.utt_ids)]  # noqa: E731
+    return pick(split.train), pick(split.val), pick(split.test)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory, tiny_encoder, fold, settings):
+    """TAPT -> embeddings -> k-means -> CPT -> fine-tuning, each phase called directly."""
+    root = tmp_path_factory.mktemp("phases")
+    train, val, test = fold
+    run_tapt(tiny_encoder, train, val, CLASSES, settings.tapt, root / "tapt", LocalRuntime())
+    run_embeddings(encoder_dir(root / "tapt"), train + val, [1, 3], root / "emb", LocalRuntime())
+    run_clustering(root / "emb", 1, KMeansConfig(n_clusters=4, max_fit_frames=5000, n_init=1, seed=0), root / "km")
+    run_cpt(tiny_encoder, train + val, {"k4": root / "km"}, 0.3, settings.cpt, root / "cpt", LocalRuntime())
+    run_finetune(encoder_dir(root / "cpt"), "attention", train, val, test, CLASSES, settings.finetune, root / "ft", LocalRuntime())
+    return root
+
+
+def test_tapt_saves_an_encoder_and_a_record_of_what_it_trained_on(chain, fold, tiny_encoder):
+    train, val, _ = fold
+    record = read_record(chain / "tapt")
+    assert record["phase"] == "tapt"
+    assert record["used"]["trained_on"] == {"fingerprint": fingerprint(u.utt_id for u in train), "count": len(train), "sessions": [2, 3, 4, 5]}
+    assert record["used"]["selected_on"]["count"] == len(val)
+    assert len(record["results"]["history"]) == 2 and "val_ua" in record["results"]["best"]
+    assert record["device"] and record["wall_seconds"] > 0
+    assert load_encoder(encoder_dir(chain / "tapt")).info.num_layers == 3
+
+
+def test_embeddings_keep_several_layers_in_fp16_with_frame_offsets(chain, fold):
+    train, val, _ = fold
+    ids, offsets = read_index(chain / "emb")
+    assert sorted(ids) == sorted(u.utt_id for u in train + val)
+    info = load_encoder(encoder_dir(chain / "tapt")).info
+    durations = {u.utt_id: u.duration_s for u in train + val}
+    expected = [info.frame_count(round(durations[i] * info.sample_rate)) for i in ids]
+    assert np.diff(offsets).tolist() == expected
+    for layer in (1, 3):
+        frames = load_layer(chain / "emb", layer)
+        assert frames.dtype == np.float16 and frames.shape == (offsets[-1], 32)
+
+
+def test_clustering_labels_every_frame_and_records_its_fit(chain):
+    labels = load_pseudo_labels(chain / "km")
+    _, offsets = read_index(chain / "emb")
+    assert sum(len(v) for v in labels.values()) == offsets[-1]
+    assert set(np.concatenate(list(labels.values())).tolist()) <= set(range(4))
+    results = read_record(chain / "km")["results"]
+    assert results["inertia"] > 0 and results["frames_used"] <= 5000 and results["fit_seconds"] >= 0
+
+
+def test_clustering_is_deterministic_for_a_seed(chain, tmp_path):
+    run_clustering(chain / "emb", 1, KMeansConfig(n_clusters=4, max_fit_frames=5000, n_init=1, seed=0), tmp_path / "again")
+    first, second = load_pseudo_labels(chain / "km"), load_pseudo_labels(tmp_path / "again")
+    assert all(np.array_equal(first[k], second[k]) for k in first)
+
+
+def test_cpt_masks_the_requested_fraction_and_predicts_pseudo_labels(chain):
+    record = read_record(chain / "cpt")
+    final = record["results"]["final"]
+    assert final["train_mask_ratio"] == pytest.approx(0.3, abs=0.02)
+    assert 0.0 <= final["train_k4_accuracy"] <= 1.0
+    assert record["params"]["mask_ratio"] == 0.3
+
+
+def test_cpt_refuses_pseudo_labels_that_do_not_match_the_frames(chain, fold, tiny_encoder, settings, tmp_path):
+    train, val, _ = fold
+    broken = tmp_path / "km"
+    import shutil
+
+    shutil.copytree(chain / "km", broken)
+    labels = np.load(broken / "labels.npy")
+    np.save(broken / "labels.npy", labels[:-7])  # as if from an encoder with other frame arithmetic
+    with pytest.raises(PseudoLabelError):
+        run_cpt(tiny_encoder, train + val, {"k4": broken}, 0.3, settings.cpt, tmp_path / "cpt", LocalRuntime())
+    assert not (tmp_path / "cpt").exists()
+
+
+def test_finetune_scores_the_test_session_and_saves_predictions(chain, fold):
+    _, _, test = fold
+    metrics = read_metrics(chain / "ft")
+    assert set(metrics["test"]) >= {"ua", "wa", "macro_f1", "confusion", "count"}
+    assert metrics["test"]["count"] == len(test) and np.array(metrics["test"]["confusion"]).shape == (4, 4)
+    rows = (chain / "ft" / PREDICTIONS_FILE).read_text().splitlines()
+    assert len(rows) == len(test) + 1 and rows[0].startswith("utt_id,label,predicted,p_neu")
+    model, classes = load_classifier(classifier_dir(chain / "ft"))
+    assert classes == list(CLASSES) and model.pooling_name == "attention"
+    record = read_record(chain / "ft")
+    assert record["used"]["tested_on"]["sessions"] == [1] and 1 not in record["used"]["trained_on"]["sessions"]
+
+
+def test_the_chain_reuses_every_cached_phase(small_utterances, tiny_encoder, settings, tmp_path):
+    cache = ArtifactCache(tmp_path / "cache")
+    candidate = Candidate(layer=2, clusters=4, mask_ratio=0.2, pooling="average")
+    run = lambda c: run_fold_chain(small_utterances, 2, Protocol(), c, settings, str(tiny_encoder), CLASSES, cache, LocalExecutor())  # noqa: E731
+    first = run(candidate)
+    assert first.built == ["tapt", "embeddings", "clustering", "cpt", "finetune"]
+    assert first.fold["test_session"] == 2 and first.fold["strict"] is True
+    again = run(candidate)
+    assert again.built == [] and again.test == first.test
+    other_pooling = run(replace(candidate, pooling="attention"))
+    assert other_pooling.built == ["finetune"] and other_pooling.artifacts["cpt"] == first.artifacts["cpt"]
+    assert set(first.history) == {"tapt", "cpt", "finetune"} and len(first.history["tapt"]) == 2
+    built = [e for e in cache.events() if e["event"] == "built"]
+    assert [e["phase"] for e in built].count("tapt") == 1
+
+
+def test_a_corrupt_artifact_is_moved_aside_and_rebuilt(tmp_path):
+    cache = ArtifactCache(tmp_path)
+    calls = []
+
+    def build(out: Path) -> None:
+        calls.append(out)
+        out.mkdir(parents=True)
+        (out / "record.json").write_text("{}")
+
+    key, path = cache.get_or_build("tapt", {"x": 1}, build)
+    (path / "record.json").write_text("{not json")
+    cache.get_or_build("tapt", {"x": 1}, build)
+    assert len(calls) == 2 and list(path.parent.glob(f"{key}.corrupt-*"))
+
+
+def test_run_fold_end_to_end(small_manifest, tiny_encoder, tmp_path, capsys):
+    out = tmp_path / "fold"
+    code = main(["run-fold", "--data", str(small_manifest), "--encoder", str(tiny_encoder), "--fold", "3", "--layer", "2",
+                 "--clusters", "4", "--mask-ratio", "0.2", "--pooling", "attention", "--out", str(out), "--preset", "smoke", "--epochs", "1"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "test: UA" in printed and "WA" in printed
+    result = json.loads((out / "result.json").read_text())
+    assert result["test_session"] == 3 and 0.0 <= result["test"]["ua"] <= 1.0
+    assert result["strict"] is True
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"--layer": "7"}, "outside the encoder"),
+        ({"--fold": "9"}, "--fold 9 has no utterances"),
+        ({"--mask-ratio": "1.5"}, "mask_ratio must be in"),
+        ({"--clusters": "1"}, "clusters must be at least 2"),
+        ({"--epochs": "0"}, "--epochs must be at least 1"),
+        ({"--data": "/nonexistent/manifest.csv"}, "manifest.csv"),
+    ],
+)
+def test_run_fold_refuses_bad_input_before_any_work(small_manifest, tiny_encoder, tmp_path, capsys, change, message):
+    args = {"--data": str(small_manifest), "--encoder": str(tiny_encoder), "--fold": "1", "--layer": "2", "--clusters": "4",
+            "--mask-ratio": "0.2", "--pooling": "average", "--out": str(tmp_path / "out"), "--preset": "smoke"}
+    args.update(change)
+    argv = ["run-fold"] + [item for pair in args.items() for item in pair]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
