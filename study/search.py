@@ -1,0 +1,230 @@
+"""The Tune search algorithm and scheduler of a study: Optuna (TPE or grid) behind Ray Tune.
+
+* :func:`make_search_alg` builds a :class:`CompleteOnlyOptunaSearch` over the
+  study's space, wrapped in a ``ConcurrencyLimiter(search.max_concurrent)``.
+* :func:`make_scheduler` gives ``None`` or a ``MedianStoppingRule`` on
+  ``val_ua_running_mean`` with ``folds_done`` as time.
+
+The space is a dict of Optuna distributions, one per searched parameter: a
+choice is a ``CategoricalDistribution``, an ``{int: ...}`` range an
+``IntDistribution``, a ``{float: ...}`` range a ``FloatDistribution``, and a
+**fixed value a one-element** ``CategoricalDistribution``. Fixed values go
+through Optuna rather than Tune's ``param_space`` so that every suggestion (and
+every Optuna trial) carries all four hyperparameters, the grid sampler's grid
+covers the same names as the space, and the trainable reads one flat config.
+
+Why a subclass of ``OptunaSearch``: when a Tune scheduler stops a trial early,
+Tune calls ``on_trial_complete`` with the trial's last (partial) result, and
+Ray's ``OptunaSearch`` tells Optuna the trial is COMPLETE with that partial
+score (e.g. the mean validation UA of 2 folds out of 5). TPE would then model
+the space from scores of different quality. Our trials report ``folds_done``
+and ``folds_total`` in every result; :class:`CompleteOnlyOptunaSearch` tells
+Optuna COMPLETE only when all folds are in, PRUNED for a trial stopped early
+(TPE ranks pruned trials below every complete one, by how far they got), and
+FAIL for a trial that errored (Optuna's own state for errors; TPE ignores it).
+
+Tune requirements this module relies on (``study.runner`` and ``study.trial``):
+every result a trial reports must hold ``folds_done``, ``folds_total`` and,
+with median stopping, ``val_ua_running_mean``; with Tune's strict metric
+checking on (the default) every result must also hold the objective metric
+(e.g. ``val_ua_mean``, the running mean while folds are missing), or set
+``TUNE_DISABLE_STRICT_METRIC_CHECKING=1``. ``tune.TuneConfig`` must not get
+``metric``/``mode`` when the scheduler is set: the searcher and the scheduler
+carry their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from typing import Any, Mapping
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+from ray.tune.result import TRAINING_ITERATION
+from ray.tune.schedulers import MedianStoppingRule
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from study.config import Choice, FloatRange, IntRange, ParamSpec, StudyConfig, StudyConfigError
+
+logger = logging.getLogger(__name__)
+
+FOLDS_DONE = "folds_done"
+FOLDS_TOTAL = "folds_total"
+#: What the median stopping rule compares after each fold.
+RUNNING_METRIC = "val_ua_running_mean"
+
+
+def distribution(spec: ParamSpec) -> BaseDistribution:
+    """The Optuna distribution of one parameter spec (a fixed value: one-element categorical)."""
+    if isinstance(spec, Choice):
+        return CategoricalDistribution(list(spec.choice))
+    if isinstance(spec, IntRange):
+        low, high = spec.bounds
+        return IntDistribution(low, high, log=spec.log, step=spec.step)
+    if isinstance(spec, FloatRange):
+        low, high = spec.bounds
+        return FloatDistribution(low, high, log=spec.log)
+    return CategoricalDistribution([spec])
+
+
+def optuna_space(config: StudyConfig) -> dict[str, BaseDistribution]:
+    """``{layer, clusters, mask_ratio, pooling}`` as Optuna distributions."""
+    return {name: distribution(spec) for name, spec in config.search.space.params().items()}
+
+
+def grid_points(config: StudyConfig) -> dict[str, list[Any]]:
+    """The grid (``{name: values}``) of a space whose parameters are all fixed or choices."""
+    grid = config.search.space.grid()
+    if grid is None:
+        ranges = [name for name, spec in config.search.space.params().items() if isinstance(spec, (IntRange, FloatRange))]
+        raise config.error(f"search.space.{ranges[0]}", "is a range: a grid needs every parameter fixed or a choice")
+    return grid
+
+
+def grid_size(config: StudyConfig) -> int:
+    """Number of grid points of the space (product of the choices' lengths)."""
+    size = 1
+    for values in grid_points(config).values():
+        size *= len(values)
+    return size
+
+
+def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
+    """``TPESampler`` (seeded, constant liar for concurrent trials) or a seeded ``GridSampler``."""
+    search = config.search
+    if search.algorithm == "grid":
+        return optuna.samplers.GridSampler(grid_points(config), seed=search.seed)
+    with warnings.catch_warnings():  # constant_liar is experimental in Optuna 4 (stable in 5)
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=search.startup_trials, constant_liar=True)
+
+
+def running_metric(metric: str) -> str:
+    """The name a trial reports a fold-mean metric under while folds are missing (val_ua_mean -> val_ua_running_mean)."""
+    return metric[: -len("_mean")] + "_running_mean" if metric.endswith("_mean") else metric
+
+
+def is_complete(result: Mapping[str, Any] | None) -> bool:
+    """True when ``result`` covers every fold (``folds_done >= folds_total``)."""
+    if not result:
+        return False
+    done, total = result.get(FOLDS_DONE), result.get(FOLDS_TOTAL)
+    if done is None or total is None:
+        return False
+    try:
+        return int(total) > 0 and int(done) >= int(total)
+    except (TypeError, ValueError):
+        return False
+
+
+class CompleteOnlyOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` that tells Optuna COMPLETE only for trials scored on every fold.
+
+    * all folds done, no error: COMPLETE with the objective (Ray's behaviour);
+    * error: FAIL (no value; Ray does the same when Tune reports the error);
+    * anything else (stopped early by the scheduler, or the Tuner stopped it):
+      PRUNED, no value told. The final partial result is first reported as an
+      intermediate value (Tune skips ``on_trial_result`` for the result a
+      scheduler stops on), and Optuna keeps the last intermediate value (the
+      running mean at the last fold count) as the pruned trial's value; TPE
+      ranks pruned trials below every complete one, by folds done, then value.
+
+    Intermediate results are reported to the Optuna trial at step
+    ``folds_done`` (Ray uses ``training_iteration``), with the objective metric
+    if present, else its running-mean name; a result with neither is skipped
+    instead of raising ``KeyError``.
+
+    Uses ``OptunaSearch``'s private ``_ot_trials`` (Tune trial id -> Optuna
+    trial), ``_ot_study`` and ``_completed_trials`` (Ray 2.60).
+    """
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if isinstance(self.metric, list) or trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        value = result.get(self.metric, result.get(running_metric(self.metric)))
+        if value is None:
+            return
+        try:
+            step = int(result.get(FOLDS_DONE, result.get(TRAINING_ITERATION, 0)))
+            if step in self._reported_steps(trial_id):
+                return  # Optuna keeps the first value of a step (and warns about a second)
+            self._ot_trials[trial_id].report(float(value), step)
+        except (TypeError, ValueError) as err:  # a NaN or a non-number: keep searching
+            logger.warning("trial %s: intermediate value %r not reported to Optuna (%s)", trial_id, value, err)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id not in self._ot_trials:
+            logger.warning("completion of trial %s, which this searcher never suggested: ignored", trial_id)
+            return
+        if trial_id in self._completed_trials:
+            return super().on_trial_complete(trial_id, result=result, error=error)  # logs the repeat
+        if not error and is_complete(result):
+            value = result.get(self.metric) if result else None
+            if value is None or not math.isfinite(float(value)):
+                logger.warning("trial %s finished every fold without a finite %s (%r): told Optuna FAIL", trial_id, self.metric, value)
+                self._tell(trial_id, TrialState.FAIL)
+                return
+            return super().on_trial_complete(trial_id, result=result, error=False)
+        if error:
+            self._tell(trial_id, TrialState.FAIL)
+            return
+        done = result.get(FOLDS_DONE) if result else None
+        total = result.get(FOLDS_TOTAL) if result else None
+        if result:  # a scheduler's STOP skips on_trial_result for the stopping result: keep it as the last step
+            self.on_trial_result(trial_id, result)
+        logger.info("trial %s ended after %s of %s folds: told Optuna PRUNED, not COMPLETE", trial_id, done, total)
+        self._tell(trial_id, TrialState.PRUNED)
+
+    def _reported_steps(self, trial_id: str) -> set[int]:
+        number = self._ot_trials[trial_id].number
+        frozen = next((t for t in self._ot_study.get_trials(deepcopy=False) if t.number == number), None)
+        return set(frozen.intermediate_values) if frozen is not None else set()
+
+    def _tell(self, trial_id: str, state: TrialState) -> None:
+        try:
+            self._ot_study.tell(self._ot_trials[trial_id], None, state=state)
+        except Exception as exc:  # as OptunaSearch: a refused tell must not end the study
+            logger.warning("trial %s: Optuna refused %s (%s)", trial_id, state.name, exc)
+        self._completed_trials.add(trial_id)
+
+
+def make_searcher(config: StudyConfig) -> CompleteOnlyOptunaSearch:
+    """The Optuna searcher of ``config``, not yet concurrency-limited."""
+    return CompleteOnlyOptunaSearch(
+        space=optuna_space(config),
+        metric=config.objective.metric,
+        mode=config.objective.mode,
+        sampler=make_sampler(config),
+    )
+
+
+def make_search_alg(config: StudyConfig) -> ConcurrencyLimiter:
+    """The study's Tune search algorithm: :func:`make_searcher` behind ``ConcurrencyLimiter(max_concurrent)``."""
+    return ConcurrencyLimiter(make_searcher(config), max_concurrent=config.search.max_concurrent)
+
+
+def make_scheduler(config: StudyConfig) -> MedianStoppingRule | None:
+    """None, or the median stopping rule on the running mean of validation UA after each fold.
+
+    A trial is stopped at ``folds_done = t >= grace_folds`` when its best running
+    validation UA so far is below the median, over at least ``min_trials`` other
+    trials that reached ``t`` folds, of their mean running validation UA up to
+    ``t``. It compares validation UA (mode max) whatever the objective is.
+    """
+    search = config.search
+    if search.early_stopping == "none":
+        return None
+    if search.early_stopping != "median":
+        raise StudyConfigError(f"{config.source}: search.early_stopping: unknown rule {search.early_stopping!r}; allowed: none, median", source=config.source, field="search.early_stopping")
+    return MedianStoppingRule(
+        time_attr=FOLDS_DONE,
+        metric=RUNNING_METRIC,
+        mode="max",
+        grace_period=search.grace_folds,
+        min_samples_required=search.min_trials,
+        hard_stop=True,
+    )
