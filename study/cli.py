@@ -10,6 +10,7 @@ from typing import Sequence
 from study.data_commands import add_demo_data_parser, add_prepare_parser
 from study.errors import UserError
 from study.fold_command import add_run_fold_parser, add_tiny_encoder_parser
+from study.study_commands import add_study_parsers
 
 logger = logging.getLogger("study")
 
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_data_parser(subparsers)
     add_tiny_encoder_parser(subparsers)
     add_run_fold_parser(subparsers)
+    add_study_parsers(subparsers)
     return parser
 
 

@@ -33,7 +33,7 @@ def add_tiny_encoder_parser(subparsers) -> None:
     parser.add_argument("--hidden-size", type=int, default=defaults.hidden_size, help="transformer width")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="initialisation seed")
     parser.add_argument("--pretrain-on", type=Path, metavar="MANIFEST", help="pretrain by masked prediction of MFCC clusters (HuBERT's first iteration) on this manifest's audio")
-    parser.add_argument("--pretrain-epochs", type=int, default=4, help="epochs of that pretraining")
+    parser.add_argument("--pretrain-epochs", type=int, default=8, help="epochs of that pretraining")
     parser.set_defaults(handler=run_tiny_encoder)
 
 

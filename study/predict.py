@@ -1,0 +1,69 @@
+"""``ser-study predict``: the best configuration's fold models as an ensemble over new audio."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from study import paths
+from study.config import load_resolved_study
+from study.errors import UserError
+from study.report import best_trial
+from study.trial import read_trial_records
+from trainables.data.audio import AudioError, load_waveform
+from trainables.phases.artifacts import classifier_dir
+from trainables.phases.classifier import EMOTION_TASK, load_classifier
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Prediction:
+    path: str
+    probabilities: dict[str, float]  # class -> mean probability over the fold models
+
+    @property
+    def label(self) -> str:
+        return max(self.probabilities, key=self.probabilities.get)
+
+
+def ensemble_dirs(study_dir: str | Path) -> tuple[dict, list[Path]]:
+    """The best complete trial and its fold classifiers' directories."""
+    config = load_resolved_study(study_dir)
+    best = best_trial(read_trial_records(study_dir), config.objective.metric, config.objective.mode)
+    if best is None:
+        raise UserError(f"{study_dir} has no complete trial yet; run or resume the study first")
+    directories = []
+    for fold in best["folds"]:
+        directory = classifier_dir(paths.cache_dir(study_dir) / "finetune" / fold["artifacts"]["finetune"])
+        if not directory.is_dir():
+            raise UserError(f"the fold-{fold['test_session']} model of trial {best['trial_id']} is missing ({directory}); resume the study to rebuild it")
+        directories.append(directory)
+    return best, directories
+
+
+def predict(study_dir: str | Path, wavs: Sequence[str | Path]) -> list[Prediction]:
+    """Class probabilities of each file, averaged over the best trial's fold models."""
+    best, directories = ensemble_dirs(study_dir)
+    models = [load_classifier(d) for d in directories]
+    classes = models[0][1]
+    rate = models[0][0].encoder.info.sample_rate
+    waveforms = []
+    for wav in wavs:  # every input is checked before any model runs
+        try:
+            waveforms.append(load_waveform(wav, rate))
+        except AudioError as err:
+            raise UserError(str(err)) from None
+    predictions = []
+    with torch.inference_mode():
+        for wav, waveform in zip(wavs, waveforms):
+            batch = waveform.unsqueeze(0)
+            mask = torch.ones_like(batch, dtype=torch.long)
+            probs = torch.stack([torch.softmax(model(batch, mask)[EMOTION_TASK], dim=-1)[0] for model, _ in models]).mean(0)
+            predictions.append(Prediction(str(wav), dict(zip(classes, probs.tolist()))))
+    logger.info("ensemble of %d fold models from trial %s %s", len(models), best["trial_id"], best["params"])
+    return predictions

@@ -1,0 +1,28 @@
+"""The study report from the study directory alone: trial records -> tables, plots, MLflow summary."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from study import paths
+from study.config import load_resolved_study
+from study.report import build_report, format_report, write_report
+from study.tracking import log_study_summary
+from study.trial import read_trial_records
+from trainables.data.manifest import read_manifest
+
+logger = logging.getLogger(__name__)
+
+
+def write_study_report(study_dir: str | Path, log_to_mlflow: bool = True) -> str:
+    """Build the report of ``study_dir``, write it under ``report/``, log it to MLflow; returns the text."""
+    config = load_resolved_study(study_dir)
+    utterances = read_manifest(config.data.manifest)
+    study = config.report_metadata(utterances)
+    report = build_report(read_trial_records(study_dir), study)
+    files = write_report(report, paths.report_dir(study_dir))
+    text = format_report(report)
+    if log_to_mlflow:
+        log_study_summary(config.tracking_uri(), config.name, study, files)
+    return text

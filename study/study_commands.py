@@ -1,0 +1,119 @@
+"""``ser-study run | resume | report | ui | predict``: the study from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from study import paths
+from study.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_UI_PORT = 5000
+
+
+def add_study_parsers(subparsers) -> None:
+    run = subparsers.add_parser("run", help="run a study file (Ray Tune + Optuna over LOSO folds)")
+    run.add_argument("study", type=Path, help="study YAML, e.g. search_spaces/smoke.yaml")
+    run.add_argument("--study-dir", type=Path, help="where the study's state, cache, MLflow store and report go (default: storage.study_dir)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE", help="override a field of the study file, e.g. --set data.manifest=my.csv (repeatable)")
+    run.add_argument("--address", help="Ray cluster to join (e.g. auto); default: start a local one")
+    run.set_defaults(handler=run_run)
+
+    resume = subparsers.add_parser("resume", help="continue an interrupted study from its directory")
+    resume.add_argument("study_dir", type=Path)
+    resume.add_argument("--address", help="Ray cluster to join (e.g. auto); default: start a local one")
+    resume.set_defaults(handler=run_resume)
+
+    report = subparsers.add_parser("report", help="print and write the study's report (tables, plots)")
+    report.add_argument("study_dir", type=Path)
+    report.set_defaults(handler=run_report)
+
+    ui = subparsers.add_parser("ui", help="open the MLflow UI on the study's store (bound to 127.0.0.1)")
+    ui.add_argument("study_dir", type=Path)
+    ui.add_argument("--port", type=int, default=DEFAULT_UI_PORT)
+    ui.set_defaults(handler=run_ui)
+
+    predict = subparsers.add_parser("predict", help="class probabilities of audio files from the best configuration's fold models")
+    predict.add_argument("study_dir", type=Path)
+    predict.add_argument("wavs", nargs="+", type=Path, metavar="WAV")
+    predict.set_defaults(handler=run_predict)
+
+
+def ui_command(study_dir: Path, port: int = DEFAULT_UI_PORT) -> str:
+    """The shell line that opens the MLflow UI on ``study_dir``'s store."""
+    return f"ser-study ui {study_dir}" + ("" if port == DEFAULT_UI_PORT else f" --port {port}")
+
+
+def run_run(args: argparse.Namespace) -> int:
+    from study.config import load_study
+    from study.runner import run_study
+
+    overrides = list(args.overrides)
+    if args.study_dir is not None:
+        overrides.append(f"storage.study_dir={args.study_dir}")
+    config = load_study(args.study, overrides)
+    run_study(config, address=args.address)
+    _print_report(Path(config.storage.study_dir))
+    return 0
+
+
+def run_resume(args: argparse.Namespace) -> int:
+    from study.runner import resume_study
+
+    resume_study(args.study_dir, address=args.address)
+    _print_report(args.study_dir)
+    return 0
+
+
+def _print_report(study_dir: Path) -> None:
+    report = paths.report_dir(study_dir) / "report.md"
+    if report.is_file():
+        print(report.read_text())
+    print(f"report: {paths.report_dir(study_dir)}")
+    print(f"MLflow UI: {ui_command(study_dir)}   (then open http://127.0.0.1:{DEFAULT_UI_PORT})")
+
+
+def _require_study(study_dir: Path) -> None:
+    if not paths.study_file(study_dir).is_file():
+        raise UserError(f"{study_dir} is not a study directory ({paths.study_file(study_dir).name} is missing)")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from study.report_command import write_study_report
+
+    _require_study(args.study_dir)
+    print(write_study_report(args.study_dir))
+    print(f"files: {paths.report_dir(args.study_dir)}")
+    return 0
+
+
+def run_ui(args: argparse.Namespace) -> int:
+    from study.config import load_resolved_study
+
+    _require_study(args.study_dir)
+    config = load_resolved_study(args.study_dir)
+    mlflow = shutil.which("mlflow")
+    if mlflow is None:
+        raise UserError("the mlflow command is not on PATH; activate the environment (source .venv/bin/activate)")
+    argv = [mlflow, "ui", "--backend-store-uri", config.tracking_uri(), "--host", "127.0.0.1", "--port", str(args.port)]
+    print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C to stop)", flush=True)
+    os.execv(mlflow, argv)
+    return 0  # not reached
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from study.predict import predict
+
+    _require_study(args.study_dir)
+    for wav in args.wavs:
+        if not wav.is_file():
+            raise UserError(f"{wav} does not exist; give paths of audio files")
+    for prediction in predict(args.study_dir, args.wavs):
+        probs = "  ".join(f"{c} {p:.3f}" for c, p in prediction.probabilities.items())
+        print(f"{prediction.path}: {prediction.label}   ({probs})")
+    return 0

@@ -1,0 +1,187 @@
+"""The Tune trial: one candidate, its folds fanned out in parallel as Ray tasks.
+
+:func:`run_trial` is an ordinary Tune function trainable. Its ``config`` holds
+the study directory (where the resolved study file lives) and the four searched
+hyperparameters, so it runs the same under ``tune.Tuner`` (what ``ser-study
+run`` does) and under ``tune.run`` in a user's own script::
+
+    tune.run(run_trial, config={"study_dir": "studies/smoke", "layer": 2, "clusters": 8,
+                                "mask_ratio": 0.2, "pooling": "attention"})
+
+Each fold is a Ray task running :func:`study.chain.run_fold_chain` through the
+shared artifact cache. Results are reported in fold order as folds finish
+(``val_ua_running_mean`` after each), then the aggregate; every report carries
+``folds_done`` and ``folds_total`` so a searcher can tell a partial score from a
+complete one. The trial's record lands in ``<study_dir>/trials/<trial_id>.json``
+and in MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from study import paths
+from study.cache import ArtifactCache
+from study.chain import FoldResult, run_fold_chain
+from study.config import StudyConfig, load_resolved_study
+from study.coordinator import LeaseClient, get_coordinator
+from study.tracking import TrialTracker
+from trainables.atomic import atomic_write_text
+from trainables.data.manifest import read_manifest
+from trainables.metrics import aggregate
+from trainables.phases.artifacts import to_plain
+from trainables.phases.settings import Candidate
+
+logger = logging.getLogger(__name__)
+
+SEARCHED = ("layer", "clusters", "mask_ratio", "pooling")
+
+
+def candidate_of(config: dict[str, Any]) -> Candidate:
+    """The searched hyperparameters of a trial's config."""
+    missing = [name for name in SEARCHED if name not in config]
+    if missing:
+        raise ValueError(f"trial config lacks {missing}; it needs study_dir and {list(SEARCHED)}")
+    return Candidate(layer=int(config["layer"]), clusters=int(config["clusters"]), mask_ratio=float(config["mask_ratio"]), pooling=str(config["pooling"]))
+
+
+def _run_fold(study_dir: str, test_session: int, candidate: Candidate) -> dict[str, Any]:
+    """One fold's chain (runs as a Ray task). Returns :meth:`FoldResult.to_dict`."""
+    study = load_resolved_study(study_dir)
+    utterances = read_manifest(study.data.manifest)
+    cache_root = paths.cache_dir(study_dir)
+    cache = ArtifactCache(cache_root, leases=LeaseClient(get_coordinator(str(cache_root))))
+    if study.resources.executor == "ray":
+        from trainables.ray_train import RayExecutor
+
+        executor = RayExecutor(study.ray_resources(), storage=paths.ray_train_dir(study_dir))
+    else:
+        from trainables.executors import LocalExecutor
+
+        executor = LocalExecutor()
+    result: FoldResult = run_fold_chain(
+        utterances,
+        test_session,
+        study.protocol(),
+        candidate,
+        study.phase_settings(),
+        study.encoder,
+        study.classes(utterances),
+        cache,
+        executor,
+        embed_layers=study.embedding_layers(),
+    )
+    return result.to_dict()
+
+
+def _fold_task(study: StudyConfig):
+    """The fold task with the resources the study gives a fold, outside the trial's placement group."""
+    if study.resources.executor == "ray":
+        # The fold only drives Ray Train jobs and tasks, which reserve their own resources.
+        resources = {"num_cpus": 0.01, "num_gpus": 0}
+    else:
+        resources = {"num_cpus": study.resources.cpus_per_fold, "num_gpus": study.resources.gpus_per_fold}
+    return ray.remote(_run_fold).options(
+        **resources, max_retries=0, scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None)
+    )
+
+
+def fold_metrics(folds: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean and std over folds of validation UA/WA and test UA/WA/macro-F1."""
+    metrics = {f"val_{k}": v for k, v in aggregate([f["val"] for f in folds], ("ua", "wa")).items()}
+    metrics.update({f"test_{k}": v for k, v in aggregate([f["test"] for f in folds]).items()})
+    return metrics
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """Tune function trainable: score one candidate over the study's folds."""
+    study_dir = str(config["study_dir"])
+    study = load_resolved_study(study_dir)
+    candidate = candidate_of(config)
+    candidate.validate()
+    context = tune.get_context()
+    trial_id = context.get_trial_id() or f"manual-{int(time.time())}"
+    utterances = read_manifest(study.data.manifest)
+    sessions = study.fold_sessions(utterances)
+    classes = list(study.classes(utterances))
+    protocol = study.protocol()
+    record: dict[str, Any] = {
+        "trial_id": trial_id,
+        "params": {name: getattr(candidate, name) for name in SEARCHED},
+        "status": "partial",
+        "error": None,
+        "protocol": {"strict": protocol.strict, "description": protocol.describe()},
+        "classes": classes,
+        "folds": [],
+        "metrics": {},
+        "folds_done": 0,
+        "folds_total": len(sessions),
+        "started": time.time(),
+        "finished": None,
+    }
+    metadata = study.report_metadata(utterances)
+    tracker = TrialTracker(study.tracking_uri(), study.name)  # MLflow trouble is logged, never fails the trial
+    tracker.start(trial_id, record["params"], fixed={"phases": to_plain(study.phase_settings()), "folds": sessions, "encoder": study.encoder})
+    task = _fold_task(study)
+    pending = {session: task.remote(study_dir, session, candidate) for session in sessions}
+    done: dict[int, dict[str, Any]] = {}
+    try:
+        for session in sessions:  # report in fold order: a running mean over folds 1..k
+            done[session] = ray.get(pending.pop(session))
+            fold = done[session]
+            record["folds"].append(fold)
+            record["folds_done"] = len(record["folds"])
+            tracker.log_fold(fold, classes)
+            _save_record(study_dir, record)  # a trial stopped early still leaves its finished folds
+            running = fold_metrics(record["folds"])
+            if record["folds_done"] < record["folds_total"]:
+                # Means so far under their final names: the searcher tells Optuna a result with
+                # folds_done < folds_total as PRUNED, never as a complete score (study.search).
+                tune.report({
+                    "folds_done": record["folds_done"],
+                    "folds_total": record["folds_total"],
+                    "val_ua_running_mean": running["val_ua_mean"],
+                    "test_ua_running_mean": running["test_ua_mean"],
+                    **running,
+                })
+        record["metrics"] = fold_metrics(record["folds"])
+        record["status"] = "complete"
+    except BaseException as err:  # a failed fold fails the trial, with its cause in the record and in MLflow
+        for ref in pending.values():
+            ray.cancel(ref, force=True)
+        record["status"] = "error"
+        record["error"] = "".join(traceback.format_exception_only(type(err), err)).strip()
+        raise
+    finally:
+        record["finished"] = time.time()
+        _save_record(study_dir, record)
+        tracker.finish(record, data_fingerprint=metadata["data_fingerprint"], code_version=metadata["code_version"])
+    tune.report({
+        "folds_done": record["folds_done"],
+        "folds_total": record["folds_total"],
+        "val_ua_running_mean": record["metrics"]["val_ua_mean"],
+        "test_ua_running_mean": record["metrics"]["test_ua_mean"],
+        **record["metrics"],
+    })
+
+
+def _save_record(study_dir: str, record: dict[str, Any]) -> None:
+    path = paths.trial_record(study_dir, record["trial_id"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(record, indent=2))
+
+
+def read_trial_records(study_dir: str | Path) -> list[dict[str, Any]]:
+    """Every trial record of a study, in start order."""
+    directory = paths.trials_dir(study_dir)
+    records = [json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))] if directory.is_dir() else []
+    return sorted(records, key=lambda r: r.get("started") or 0.0)
