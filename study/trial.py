@@ -110,6 +110,12 @@ def run_trial(config: dict[str, Any]) -> None:
     candidate.validate()
     context = tune.get_context()
     trial_id = context.get_trial_id() or f"manual-{int(time.time())}"
+    finished = _load_record(study_dir, trial_id)
+    if finished is not None and finished["status"] == "complete":
+        # Finished before a driver crash but after Tune's last snapshot: resume reports it again, runs nothing.
+        logger.info("trial %s finished before the study was interrupted; reporting its record", trial_id)
+        tune.report(_final_report(finished))
+        return
     utterances = read_manifest(study.data.manifest)
     sessions = study.fold_sessions(utterances)
     classes = list(study.classes(utterances))
@@ -165,13 +171,22 @@ def run_trial(config: dict[str, Any]) -> None:
         record["finished"] = time.time()
         _save_record(study_dir, record)
         tracker.finish(record, data_fingerprint=metadata["data_fingerprint"], code_version=metadata["code_version"])
-    tune.report({
+    tune.report(_final_report(record))
+
+
+def _final_report(record: dict[str, Any]) -> dict[str, Any]:
+    return {
         "folds_done": record["folds_done"],
         "folds_total": record["folds_total"],
         "val_ua_running_mean": record["metrics"]["val_ua_mean"],
         "test_ua_running_mean": record["metrics"]["test_ua_mean"],
         **record["metrics"],
-    })
+    }
+
+
+def _load_record(study_dir: str, trial_id: str) -> dict[str, Any] | None:
+    path = paths.trial_record(study_dir, trial_id)
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _save_record(study_dir: str, record: dict[str, Any]) -> None:

@@ -1,0 +1,119 @@
+"""Whole studies through the real command line: Ray Tune + Optuna, the shared cache, MLflow, report, resume."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from study import paths
+from study.trial import read_trial_records
+
+SMOKE = Path(__file__).resolve().parents[1] / "search_spaces" / "smoke.yaml"
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "study.cli", *args]
+
+
+def study_args(manifest: Path, encoder: Path, study_dir: Path, *extra: str) -> list[str]:
+    """smoke.yaml on the small corpus with the tiny test encoder: one epoch per phase, two folds."""
+    sets = [
+        f"name=e2e-{study_dir.name}",
+        f"data.manifest={manifest}",
+        f"encoder={encoder}",
+        "folds=[1, 2]",
+        "phases.epochs=1",
+        "phases.kmeans.max_fit_frames=5000",
+        "search.space.layer={choice: [2]}",
+        *extra,
+    ]
+    return ["run", str(SMOKE), "--study-dir", str(study_dir)] + [item for s in sets for item in ("--set", s)]
+
+
+def built_phases(study_dir: Path) -> collections.Counter:
+    events = [json.loads(line) for line in (paths.cache_dir(study_dir) / "events.jsonl").read_text().splitlines()]
+    built = [(e["phase"], e["key"]) for e in events if e["event"] == "built"]
+    assert len(built) == len(set(built)), f"an artifact was built twice: {built}"
+    return collections.Counter(phase for phase, _ in built)
+
+
+def test_a_study_shares_phases_between_trials_and_lands_in_mlflow(small_manifest, tiny_encoder, tmp_path):
+    study_dir = tmp_path / "study"
+    # Two trials differing only in pooling, run at the same time: they share TAPT, embeddings, k-means and CPT.
+    args = study_args(small_manifest, tiny_encoder, study_dir, "search.space.clusters={choice: [4]}", "search.algorithm=grid", "search.num_trials=2", "search.max_concurrent=2")
+    done = subprocess.run(cli(*args), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Study report" in done.stdout and "ser-study ui" in done.stdout
+
+    records = read_trial_records(study_dir)
+    assert [r["status"] for r in records] == ["complete", "complete"]
+    assert sorted(r["params"]["pooling"] for r in records) == ["attention", "average"]
+    # One TAPT per fold for both trials (counted from the cache's build log), one fine-tuning per trial and fold.
+    assert built_phases(study_dir) == {"tapt": 2, "embeddings": 2, "clustering": 2, "cpt": 2, "finetune": 4}
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{study_dir}/mlflow.db")
+    experiment = client.get_experiment_by_name(f"e2e-{study_dir.name}")
+    runs = client.search_runs([experiment.experiment_id])
+    kinds = collections.Counter(r.data.tags.get("ser_study.kind", "fold") for r in runs)
+    assert kinds == {"trial": 2, "fold": 4, "summary": 1}
+    trials = {r.info.run_id: r for r in runs if r.data.tags.get("ser_study.kind") == "trial"}
+    for run in trials.values():
+        assert {"val_ua_mean", "test_ua_mean", "test_wa_mean", "test_ua_std"} <= set(run.data.metrics)
+        assert run.data.params["layer"] == "2" and run.data.params["clusters"] == "4"
+    folds = [r for r in runs if r.data.tags.get("ser_study.kind") == "fold"]
+    assert all(r.data.tags["mlflow.parentRunId"] in trials for r in folds)
+    assert {"test_ua", "val_ua"} <= set(folds[0].data.metrics)
+    for name in ("report.md", "table.csv", "folds.csv", "heatmap_attention.png", "confusion_best.png"):
+        assert (paths.report_dir(study_dir) / name).stat().st_size > 0
+
+
+def test_a_study_killed_mid_way_resumes_without_redoing_work(small_manifest, tiny_encoder, tmp_path):
+    study_dir = tmp_path / "study"
+    args = study_args(small_manifest, tiny_encoder, study_dir, "search.space.clusters={choice: [4, 5]}",
+                      "search.algorithm=grid", "search.num_trials=3", "search.max_concurrent=1")
+    driver = subprocess.Popen(cli(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not any(r["status"] == "complete" for r in read_trial_records(study_dir)):
+        assert driver.poll() is None, "the study ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started, at once
+    driver.wait()
+    first = {r["trial_id"]: r for r in read_trial_records(study_dir) if r["status"] == "complete"}
+
+    resumed = subprocess.run(cli("resume", str(study_dir)), capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    records = [r for r in read_trial_records(study_dir) if r["status"] == "complete"]
+    assert len(records) == 3
+    for trial_id, record in first.items():  # finished trials were not run again
+        again = next(r for r in records if r["trial_id"] == trial_id)
+        assert again["started"] == record["started"] and again["finished"] == record["finished"]
+    built_phases(study_dir)  # no artifact built twice across the kill
+    assert "Study report" in resumed.stdout
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("search.space.pooling={choice: [max]}", "search.space.pooling"),
+        ("search.space.mask_ratio=1.5", "search.space.mask_ratio"),
+        ("search.space.layer={choice: [9]}", "search.space.layer"),
+        ("phases.tapt.train.lr=-1", "phases.tapt"),
+    ],
+)
+def test_a_bad_study_file_fails_before_ray_starts(small_manifest, tiny_encoder, tmp_path, override, field):
+    study_dir = tmp_path / "study"
+    done = subprocess.run(cli(*study_args(small_manifest, tiny_encoder, study_dir, override)), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert field in done.stderr and "Traceback" not in done.stderr
+    assert "Ray" not in done.stderr and not study_dir.exists()
