@@ -15,10 +15,16 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 
+# The demo: a generated IEMOCAP-shaped corpus, a tiny HuBERT given a short
+# self-supervised pretraining on it, then search_spaces/smoke.yaml on local Ray
+# with a local MLflow store under $(DEMO_DIR)/study.
 demo: $(VENV)/.installed
 	rm -rf $(DEMO_DIR)
 	$(BIN)/ser-study demo-data $(DEMO_DIR)/corpus
 	$(BIN)/ser-study prepare $(DEMO_DIR)/corpus --out $(DEMO_DIR)/manifest.csv
+	$(BIN)/ser-study tiny-encoder $(DEMO_DIR)/encoder --pretrain-on $(DEMO_DIR)/manifest.csv
+	$(BIN)/ser-study run search_spaces/smoke.yaml --study-dir $(DEMO_DIR)/study \
+		--set data.manifest=$(DEMO_DIR)/manifest.csv --set encoder=$(DEMO_DIR)/encoder
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest

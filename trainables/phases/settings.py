@@ -103,7 +103,7 @@ class PhaseSettings:
         self.kmeans.validate()
 
 
-def smoke_settings(epochs: int = 4) -> PhaseSettings:
+def smoke_settings(epochs: int = 8) -> PhaseSettings:
     """Settings for the tiny encoder on the generated corpus: minutes on a laptop CPU.
 
     A randomly initialised tiny encoder needs far higher learning rates than a
