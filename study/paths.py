@@ -3,42 +3,71 @@
     <study_dir>/study.yaml             the resolved study file (what `resume` reads)
     <study_dir>/tune/                  Ray Tune's experiment state
     <study_dir>/cache/<phase>/<key>/   phase artifacts shared by trials and later studies
+    <study_dir>/cache/events/          one small file per cache hit or build (accounting)
     <study_dir>/trials/<trial_id>.json one record per trial (params, folds, metrics)
     <study_dir>/mlflow.db              the local MLflow store (SQLite); artifacts in mlartifacts/
     <study_dir>/report/                the report's tables and plots
+
+A study directory is a local path or a URI (``s3://bucket/prefix``, ``gs://``,
+``file:///abs/path``; see :mod:`study.storage`). For a local directory every
+function returns a :class:`~pathlib.Path`; for a URI, a ``str`` URI joined with
+``/`` (before any ``?query``). Read and write what they name through
+:mod:`study.storage`, which takes either. A URI that went through ``Path()``
+(``s3:/bucket/x``) is repaired, not taken for a local folder named ``s3:``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Union
+
+from study import storage
 
 TUNE_NAME = "tune"
 
-
-def study_file(study_dir: str | Path) -> Path:
-    return Path(study_dir) / "study.yaml"
-
-
-def tune_dir(study_dir: str | Path) -> Path:
-    return Path(study_dir) / TUNE_NAME
+#: A local path or a URI string.
+StudyPath = Union[Path, str]
 
 
-def cache_dir(study_dir: str | Path) -> Path:
-    return Path(study_dir) / "cache"
+def _join(study_dir: str | Path, *parts: str) -> StudyPath:
+    location = storage.normalize(study_dir)
+    return storage.join(location, *parts) if storage.is_uri(location) else Path(location).joinpath(*parts)
 
 
-def trials_dir(study_dir: str | Path) -> Path:
-    return Path(study_dir) / "trials"
+def location(study_dir: str | Path) -> StudyPath:
+    """The study directory itself: a ``Path`` if local, the (repaired) URI string if remote."""
+    return _join(study_dir)
 
 
-def trial_record(study_dir: str | Path, trial_id: str) -> Path:
-    return trials_dir(study_dir) / f"{trial_id}.json"
+def is_remote(study_dir: str | Path) -> bool:
+    """True for a study directory on object storage (any URI with a scheme, ``file://`` included)."""
+    return storage.is_uri(study_dir)
 
 
-def report_dir(study_dir: str | Path) -> Path:
-    return Path(study_dir) / "report"
+def study_file(study_dir: str | Path) -> StudyPath:
+    return _join(study_dir, "study.yaml")
 
 
-def ray_train_dir(study_dir: str | Path) -> Path:
+def tune_dir(study_dir: str | Path) -> StudyPath:
+    return _join(study_dir, TUNE_NAME)
+
+
+def cache_dir(study_dir: str | Path) -> StudyPath:
+    return _join(study_dir, "cache")
+
+
+def trials_dir(study_dir: str | Path) -> StudyPath:
+    return _join(study_dir, "trials")
+
+
+def trial_record(study_dir: str | Path, trial_id: str) -> StudyPath:
+    return _join(study_dir, "trials", f"{trial_id}.json")
+
+
+def report_dir(study_dir: str | Path) -> StudyPath:
+    return _join(study_dir, "report")
+
+
+def ray_train_dir(study_dir: str | Path) -> StudyPath:
     """Ray Train's run storage (checkpoints of training phases) for the Ray executor."""
-    return Path(study_dir) / "ray_train"
+    return _join(study_dir, "ray_train")

@@ -10,6 +10,7 @@ from typing import Sequence
 import torch
 
 from study import paths
+from study.cache import ArtifactCache
 from study.config import load_resolved_study
 from study.errors import UserError
 from study.report import best_trial
@@ -39,8 +40,9 @@ def ensemble_dirs(study_dir: str | Path) -> tuple[dict, list[Path]]:
         raise UserError(f"{study_dir} has no complete trial yet; run or resume the study first")
     directories = []
     for fold in best["folds"]:
-        directory = classifier_dir(paths.cache_dir(study_dir) / "finetune" / fold["artifacts"]["finetune"])
-        if not directory.is_dir():
+        artifact = ArtifactCache(paths.cache_dir(study_dir)).fetch("finetune", fold["artifacts"]["finetune"])
+        directory = classifier_dir(artifact) if artifact is not None else None
+        if directory is None or not directory.is_dir():
             raise UserError(f"the fold-{fold['test_session']} model of trial {best['trial_id']} is missing ({directory}); resume the study to rebuild it")
         directories.append(directory)
     return best, directories

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 
-from study import paths
+from study import paths, storage
 from study.config import load_resolved_study
 from study.report import build_report, format_report, write_report
 from study.tracking import log_study_summary
@@ -21,8 +22,15 @@ def write_study_report(study_dir: str | Path, log_to_mlflow: bool = True) -> str
     utterances = read_manifest(config.data.manifest)
     study = config.report_metadata(utterances)
     report = build_report(read_trial_records(study_dir), study)
-    files = write_report(report, paths.report_dir(study_dir))
     text = format_report(report)
+    if paths.is_remote(study_dir):  # write locally, then publish next to the study's other state
+        with tempfile.TemporaryDirectory(prefix="ser-study-report-") as tmp:
+            files = write_report(report, Path(tmp))
+            storage.upload_tree(tmp, paths.report_dir(study_dir))
+            if log_to_mlflow:
+                log_study_summary(config.tracking_uri(), config.name, study, files)
+        return text
+    files = write_report(report, paths.report_dir(study_dir))
     if log_to_mlflow:
         log_study_summary(config.tracking_uri(), config.name, study, files)
     return text

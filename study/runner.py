@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from pathlib import Path
 
 import ray
 from ray import tune
 
-from study import paths
+from study import paths, storage
 from study.config import StudyConfig, load_resolved_study
 from study.coordinator import get_coordinator
 from study.errors import UserError
@@ -24,12 +25,19 @@ from trainables.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-#: The trial itself only waits on its fold tasks; they reserve the real resources.
-TRIAL_RESOURCES = {"cpu": 0.01}
+#: The trial itself only waits on its fold tasks, which reserve the real resources. It runs on the
+#: head node, where a cluster's MLflow server listens on 127.0.0.1 (see docs/cluster.md).
+TRIAL_RESOURCES = {"cpu": 0.01, "node:__internal_head__": 0.001}
 
 
-def prepare_study_dir(config: StudyConfig) -> Path:
-    """Create the study directory and save the resolved study file in it; refuse a directory of another study."""
+def prepare_study_dir(config: StudyConfig) -> Path | str:
+    """Create the study directory and save the resolved study file in it; refuse a directory of another study.
+
+    Returns the study directory: a ``Path`` if local, the URI string if on object
+    storage (``s3://...``, ``file://...``; written through :mod:`study.storage`).
+    """
+    if paths.is_remote(config.storage.study_dir):
+        return _prepare_remote_study_dir(config)
     study_dir = Path(config.storage.study_dir)
     try:
         study_dir.mkdir(parents=True, exist_ok=True)
@@ -43,6 +51,26 @@ def prepare_study_dir(config: StudyConfig) -> Path:
         raise UserError(f"{study_dir} already holds a study; continue it with `ser-study resume {study_dir}` or choose another --study-dir")
     atomic_write_text(study_file, config.to_yaml())
     return study_dir
+
+
+def _prepare_remote_study_dir(config: StudyConfig) -> str:
+    study_dir = str(paths.location(config.storage.study_dir))
+    try:
+        probe = storage.join(study_dir, f".write-test-{uuid.uuid4().hex}")
+        storage.write_text(probe, "ok")
+        storage.delete(probe)
+        taken = storage.exists(paths.tune_dir(study_dir))
+    except (OSError, ValueError) as err:  # no credentials, no bucket, no permission, a malformed URI
+        raise UserError(f"storage.study_dir {study_dir} is not writable ({err}); check the URI and your credentials, or choose another with --study-dir") from None
+    if taken:
+        raise UserError(f"{study_dir} already holds a study; continue it with `ser-study resume {study_dir}` or choose another --study-dir")
+    storage.write_text(paths.study_file(study_dir), config.to_yaml())
+    return study_dir
+
+
+def _tune_storage_path(study_dir: Path | str) -> str:
+    """Ray Tune's ``storage_path``: a URI passed unchanged, a local directory made absolute."""
+    return str(paths.location(study_dir)) if paths.is_remote(study_dir) else str(Path(study_dir).resolve())
 
 
 def connect_ray(address: str | None) -> None:
@@ -78,7 +106,7 @@ def run_study(config: StudyConfig, address: str | None = None) -> tune.ResultGri
         ),
         run_config=tune.RunConfig(
             name=paths.TUNE_NAME,
-            storage_path=str(study_dir.resolve()),
+            storage_path=_tune_storage_path(study_dir),
             failure_config=tune.FailureConfig(max_failures=0),
             verbose=1,
         ),
@@ -90,12 +118,16 @@ def run_study(config: StudyConfig, address: str | None = None) -> tune.ResultGri
 
 def resume_study(study_dir: str | Path, address: str | None = None) -> tune.ResultGrid:
     """Continue an interrupted study from its directory alone: finished trials are kept, cached phases reused."""
-    study_dir = Path(study_dir)
-    if not paths.study_file(study_dir).is_file():
-        raise UserError(f"{study_dir} is not a study directory ({paths.study_file(study_dir).name} is missing); start one with `ser-study run STUDY.yaml`")
+    study_dir = paths.location(study_dir)  # a URI stays a URI (even one that went through Path())
+    try:
+        present = storage.is_file(paths.study_file(study_dir))
+    except (OSError, ValueError) as err:  # object storage: no credentials, no bucket, a malformed URI
+        raise UserError(f"cannot read the study directory {study_dir} ({err})") from None
+    if not present:
+        raise UserError(f"{study_dir} is not a study directory ({storage.name(paths.study_file(study_dir))} is missing); start one with `ser-study run STUDY.yaml`")
     config = load_resolved_study(study_dir)
     config.check_inputs()
-    tune_dir = paths.tune_dir(study_dir).resolve()
+    tune_dir = _tune_storage_path(paths.tune_dir(study_dir))
     connect_ray(address)
     get_coordinator(str(paths.cache_dir(study_dir)))
     if not tune.Tuner.can_restore(str(tune_dir)):

@@ -8,7 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
-from study import paths
+from study import paths, storage
 from study.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -19,32 +19,32 @@ DEFAULT_UI_PORT = 5000
 def add_study_parsers(subparsers) -> None:
     run = subparsers.add_parser("run", help="run a study file (Ray Tune + Optuna over LOSO folds)")
     run.add_argument("study", type=Path, help="study YAML, e.g. search_spaces/smoke.yaml")
-    run.add_argument("--study-dir", type=Path, help="where the study's state, cache, MLflow store and report go (default: storage.study_dir)")
+    run.add_argument("--study-dir", help="where the study's state, cache, MLflow store and report go (default: storage.study_dir)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE", help="override a field of the study file, e.g. --set data.manifest=my.csv (repeatable)")
     run.add_argument("--address", help="Ray cluster to join (e.g. auto); default: start a local one")
     run.set_defaults(handler=run_run)
 
     resume = subparsers.add_parser("resume", help="continue an interrupted study from its directory")
-    resume.add_argument("study_dir", type=Path)
+    resume.add_argument("study_dir", help="study directory (local path or s3:// URI)")
     resume.add_argument("--address", help="Ray cluster to join (e.g. auto); default: start a local one")
     resume.set_defaults(handler=run_resume)
 
     report = subparsers.add_parser("report", help="print and write the study's report (tables, plots)")
-    report.add_argument("study_dir", type=Path)
+    report.add_argument("study_dir", help="study directory (local path or s3:// URI)")
     report.set_defaults(handler=run_report)
 
     ui = subparsers.add_parser("ui", help="open the MLflow UI on the study's store (bound to 127.0.0.1)")
-    ui.add_argument("study_dir", type=Path)
+    ui.add_argument("study_dir", help="study directory (local path or s3:// URI)")
     ui.add_argument("--port", type=int, default=DEFAULT_UI_PORT)
     ui.set_defaults(handler=run_ui)
 
     predict = subparsers.add_parser("predict", help="class probabilities of audio files from the best configuration's fold models")
-    predict.add_argument("study_dir", type=Path)
+    predict.add_argument("study_dir", help="study directory (local path or s3:// URI)")
     predict.add_argument("wavs", nargs="+", type=Path, metavar="WAV")
     predict.set_defaults(handler=run_predict)
 
 
-def ui_command(study_dir: Path, port: int = DEFAULT_UI_PORT) -> str:
+def ui_command(study_dir: str, port: int = DEFAULT_UI_PORT) -> str:
     """The shell line that opens the MLflow UI on ``study_dir``'s store."""
     return f"ser-study ui {study_dir}" + ("" if port == DEFAULT_UI_PORT else f" --port {port}")
 
@@ -58,7 +58,7 @@ def run_run(args: argparse.Namespace) -> int:
         overrides.append(f"storage.study_dir={args.study_dir}")
     config = load_study(args.study, overrides)
     run_study(config, address=args.address)
-    _print_report(Path(config.storage.study_dir))
+    _print_report(str(config.storage.study_dir))
     return 0
 
 
@@ -70,17 +70,17 @@ def run_resume(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_report(study_dir: Path) -> None:
-    report = paths.report_dir(study_dir) / "report.md"
-    if report.is_file():
-        print(report.read_text())
+def _print_report(study_dir: str) -> None:
+    report = storage.join(paths.report_dir(study_dir), "report.md")
+    if storage.is_file(report):
+        print(storage.read_text(report))
     print(f"report: {paths.report_dir(study_dir)}")
     print(f"MLflow UI: {ui_command(study_dir)}   (then open http://127.0.0.1:{DEFAULT_UI_PORT})")
 
 
-def _require_study(study_dir: Path) -> None:
-    if not paths.study_file(study_dir).is_file():
-        raise UserError(f"{study_dir} is not a study directory ({paths.study_file(study_dir).name} is missing)")
+def _require_study(study_dir: str) -> None:
+    if not storage.is_file(paths.study_file(study_dir)):
+        raise UserError(f"{study_dir} is not a study directory (study.yaml is missing); start one with `ser-study run STUDY.yaml`")
 
 
 def run_report(args: argparse.Namespace) -> int:

@@ -29,13 +29,12 @@ import ray
 from ray import tune
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from study import paths
+from study import paths, storage
 from study.cache import ArtifactCache
 from study.chain import FoldResult, run_fold_chain
 from study.config import StudyConfig, load_resolved_study
 from study.coordinator import LeaseClient, get_coordinator
 from study.tracking import TrialTracker
-from trainables.atomic import atomic_write_text
 from trainables.data.manifest import read_manifest
 from trainables.metrics import aggregate
 from trainables.phases.artifacts import to_plain
@@ -58,8 +57,8 @@ def _run_fold(study_dir: str, test_session: int, candidate: Candidate) -> dict[s
     """One fold's chain (runs as a Ray task). Returns :meth:`FoldResult.to_dict`."""
     study = load_resolved_study(study_dir)
     utterances = read_manifest(study.data.manifest)
-    cache_root = paths.cache_dir(study_dir)
-    cache = ArtifactCache(cache_root, leases=LeaseClient(get_coordinator(str(cache_root))))
+    cache_root = str(paths.cache_dir(study_dir))  # a URI for a remote study: artifacts are copied to this node's local cache
+    cache = ArtifactCache(cache_root, leases=LeaseClient(get_coordinator(cache_root)))
     if study.resources.executor == "ray":
         from trainables.ray_train import RayExecutor
 
@@ -185,18 +184,19 @@ def _final_report(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _load_record(study_dir: str, trial_id: str) -> dict[str, Any] | None:
-    path = paths.trial_record(study_dir, trial_id)
-    return json.loads(path.read_text()) if path.is_file() else None
+    try:
+        return json.loads(storage.read_text(paths.trial_record(study_dir, trial_id)))
+    except FileNotFoundError:
+        return None
 
 
 def _save_record(study_dir: str, record: dict[str, Any]) -> None:
-    path = paths.trial_record(study_dir, record["trial_id"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(record, indent=2))
+    """Write a trial's record (local: temporary file renamed into place; object store: one PUT)."""
+    storage.write_text(paths.trial_record(study_dir, record["trial_id"]), json.dumps(record, indent=2))
 
 
 def read_trial_records(study_dir: str | Path) -> list[dict[str, Any]]:
-    """Every trial record of a study, in start order."""
-    directory = paths.trials_dir(study_dir)
-    records = [json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))] if directory.is_dir() else []
+    """Every trial record of a study (local or remote), in start order."""
+    texts = storage.read_texts(storage.list_files(paths.trials_dir(study_dir), suffix=".json"))
+    records = [json.loads(text) for text in texts if text is not None]
     return sorted(records, key=lambda r: r.get("started") or 0.0)

@@ -39,7 +39,7 @@ def study_args(manifest: Path, encoder: Path, study_dir: Path, *extra: str) -> l
 
 
 def built_phases(study_dir: Path) -> collections.Counter:
-    events = [json.loads(line) for line in (paths.cache_dir(study_dir) / "events.jsonl").read_text().splitlines()]
+    events = [json.loads(p.read_text()) for p in sorted((paths.cache_dir(study_dir) / "events").glob("*.json"))]
     built = [(e["phase"], e["key"]) for e in events if e["event"] == "built"]
     assert len(built) == len(set(built)), f"an artifact was built twice: {built}"
     return collections.Counter(phase for phase, _ in built)
@@ -75,6 +75,28 @@ def test_a_study_shares_phases_between_trials_and_lands_in_mlflow(small_manifest
     assert {"test_ua", "val_ua"} <= set(folds[0].data.metrics)
     for name in ("report.md", "table.csv", "folds.csv", "heatmap_attention.png", "confusion_best.png"):
         assert (paths.report_dir(study_dir) / name).stat().st_size > 0
+
+    # The best configuration's fold models as an ensemble, on new audio and on something that is not audio.
+    wav = _first_wav(small_manifest)
+    predicted = subprocess.run(cli("predict", str(study_dir), str(wav)), capture_output=True, text=True, timeout=300)
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    line = predicted.stdout.strip().splitlines()[-1]
+    probabilities = [float(part.split()[1]) for part in line.split("(")[1].rstrip(")").split("  ")]
+    assert line.startswith(str(wav)) and sum(probabilities) == pytest.approx(1.0, abs=0.01)
+    not_audio = tmp_path / "notes.wav"
+    not_audio.write_text("not audio")
+    refused = subprocess.run(cli("predict", str(study_dir), str(not_audio)), capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "notes.wav" in refused.stderr and "Traceback" not in refused.stderr
+
+    reported = subprocess.run(cli("report", str(study_dir)), capture_output=True, text=True, timeout=300)
+    assert reported.returncode == 0 and "Best configuration" in reported.stdout
+
+
+def _first_wav(manifest: Path) -> Path:
+    import csv
+
+    with open(manifest, newline="") as handle:
+        return Path(next(csv.DictReader(handle))["path"])
 
 
 def test_a_study_killed_mid_way_resumes_without_redoing_work(small_manifest, tiny_encoder, tmp_path):
