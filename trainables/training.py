@@ -11,10 +11,12 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -61,6 +63,17 @@ class FitResult:
     best_metrics: dict[str, float]
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from_epoch: int | None = None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch's and numpy's global generators (HF's SpecAugment draws from numpy's).
+
+    Called by each training phase before it builds its model, so a phase's
+    output depends on its inputs only, not on what ran earlier in the process.
+    """
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -25,7 +25,7 @@ from trainables.metrics import classification_metrics
 from trainables.models.encoder import load_encoder
 from trainables.models.heads import UtteranceClassifier
 from trainables.runtime import Runtime
-from trainables.training import FitResult, TrainConfig, fit, make_loader, predict_logits
+from trainables.training import FitResult, TrainConfig, fit, make_loader, predict_logits, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ def train_classifier(
     runtime: Runtime,
 ) -> tuple[UtteranceClassifier, FitResult]:
     """Train a classifier from ``encoder_path``; return it with the best validation-UA state loaded."""
+    seed_everything(cfg.train.seed + runtime.rank)
     encoder = load_encoder(encoder_path, freeze_feature_encoder=cfg.freeze_feature_encoder)
     label_index = {c: i for i, c in enumerate(classes)}
     model = UtteranceClassifier(encoder, pooling, {EMOTION_TASK: len(classes)}, dropout=cfg.dropout)

@@ -28,7 +28,7 @@ from trainables.models.masking import DEFAULT_SPAN, achieved_ratio, span_mask
 from trainables.phases.artifacts import PhaseRecord, describe_utterances, device_name, encoder_dir, write_record
 from trainables.phases.clustering import load_pseudo_labels
 from trainables.runtime import Runtime
-from trainables.training import TrainConfig, fit, make_loader
+from trainables.training import TrainConfig, fit, make_loader, seed_everything
 
 IGNORE = -100
 
@@ -120,6 +120,7 @@ def run_cpt(
     if not 0.0 < mask_ratio < 1.0:
         raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
     started = time.perf_counter()
+    seed_everything(cfg.train.seed + runtime.rank)
     encoder = load_encoder(init_encoder, freeze_feature_encoder=cfg.freeze_feature_encoder)
     tables = {name: load_pseudo_labels(path) for name, path in clusterings.items()}
     for name, table in tables.items():
