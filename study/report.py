@@ -22,6 +22,8 @@ Study metadata: ``{"name", "study_dir", "objective": {"metric", "mode"},
 
 from __future__ import annotations
 
+import collections
+
 import csv
 import io
 import logging
@@ -130,6 +132,7 @@ class Report:
     best: TrialSummary | None
     messages: list[str]
     study: dict[str, Any] = field(repr=False)
+    audit: str | None = None  # the leakage audit's verdict over the trials that carry one
 
     def counts(self) -> dict[str, int]:
         """Number of trials per status."""
@@ -340,7 +343,19 @@ def build_report(trials: list[dict], study: dict) -> Report:
         best=best,
         messages=messages,
         study=dict(study),
+        audit=audit_line(trials),
     )
+
+
+def audit_line(trials: Sequence[dict]) -> str | None:
+    """One line on the leakage audits of the trials (``record["audit"]``, see :mod:`study.audit`)."""
+    audits = [t["audit"] for t in trials if t.get("audit")]
+    if not audits:
+        return None
+    verdicts = collections.Counter(a.get("verdict", "?") for a in audits)
+    shared = sorted({s for a in audits for s in a.get("shared", [])})
+    text = ", ".join(f"{n} {v}" for v, n in sorted(verdicts.items()))
+    return f"{text} (of {len(audits)} audited trials)" + (f"; shared: {'; '.join(shared)}" if shared else "")
 
 
 def best_trial(trials: Sequence[dict], metric: str = "val_ua_mean", mode: str = "max") -> dict | None:
@@ -426,6 +441,7 @@ def format_report(report: Report) -> str:
         f"- Objective: {report.objective_metric} ({report.objective_mode})",
         f"- Data fingerprint: {report.data_fingerprint or 'n/a'}; code version: {report.code_version or 'n/a'}",
         f"- Trials: {len(report.trials)} ({status_text})",
+        *([f"- Leakage audit: {report.audit} (details: `ser-study audit DIR`)"] if report.audit else []),
         "",
     ]
     for message in report.messages:

@@ -1,4 +1,4 @@
-"""``ser-study run | resume | report | ui | predict``: the study from the command line."""
+"""``ser-study run | resume | report | ui | predict | audit``: the study from the command line."""
 
 from __future__ import annotations
 
@@ -42,6 +42,19 @@ def add_study_parsers(subparsers) -> None:
     predict.add_argument("study_dir", help="study directory (local path or s3:// URI)")
     predict.add_argument("wavs", nargs="+", type=Path, metavar="WAV")
     predict.set_defaults(handler=run_predict)
+
+    audit = subparsers.add_parser(
+        "audit",
+        help="prove per fold that the test session entered no phase but the test (exit 1 on a leak)",
+        description="Leakage audit: for every fold of every trial, read the phase artifacts' records and check that no "
+        "test-session utterance entered TAPT, the k-means fit, continued pretraining or fine-tuning, and that validation "
+        "never overlapped test. Under a looser protocol it states exactly what was shared (audio only, which phases). "
+        "Prints a table per trial and writes DIR/report/audit.json.",
+        epilog="exit status: 0 if no fold leaked (test-session data shared under a looser protocol is reported, not failed); "
+        "1 if a leak is found or a fold cannot be audited (an artifact record missing or not matching the fold); 2 on bad input.",
+    )
+    audit.add_argument("study_dir", help="study directory (local path or s3:// URI)")
+    audit.set_defaults(handler=run_audit)
 
 
 def ui_command(study_dir: str, port: int = DEFAULT_UI_PORT) -> str:
@@ -117,3 +130,16 @@ def run_predict(args: argparse.Namespace) -> int:
         probs = "  ".join(f"{c} {p:.3f}" for c, p in prediction.probabilities.items())
         print(f"{prediction.path}: {prediction.label}   ({probs})")
     return 0
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    from study.audit import audit_study, write_audit
+    from study.trial import read_trial_records
+
+    records = read_trial_records(args.study_dir)
+    if not records:
+        raise UserError(f"{args.study_dir} has no trial records ({paths.trials_dir(args.study_dir)} is empty or missing); run a study first")
+    audit = audit_study(args.study_dir, records)
+    print(audit.format())
+    print(f"written: {write_audit(args.study_dir, audit)}")
+    return 0 if audit.clean else 1

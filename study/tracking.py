@@ -663,6 +663,13 @@ class TrialTracker:
         self.raise_errors = raise_errors
         self.run_id: str | None = None
 
+    def log_audit(self, audit: Any) -> None:
+        """Attach a trial's leakage audit (:class:`study.audit.TrialAudit`) to its run."""
+        from study.audit import log_audit  # the audit module uses this one
+
+        if self.run_id is not None:
+            self._guard("audit", log_audit, self.run_id, audit, uri=self.uri)
+
     def _guard(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
         try:
             return fn(*args, **kwargs)

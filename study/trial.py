@@ -30,11 +30,13 @@ from ray import tune
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from study import paths, storage
+from study.audit import audit_trial
 from study.cache import ArtifactCache
 from study.chain import FoldResult, run_fold_chain
 from study.config import StudyConfig, load_resolved_study
 from study.coordinator import LeaseClient, get_coordinator
 from study.tracking import TrialTracker
+from trainables.data.folds import build_fold
 from trainables.data.manifest import read_manifest
 from trainables.metrics import aggregate
 from trainables.phases.artifacts import to_plain
@@ -159,6 +161,9 @@ def run_trial(config: dict[str, Any]) -> None:
                     **running,
                 })
         record["metrics"] = fold_metrics(record["folds"])
+        # Proof that no test-session utterance entered a phase (or, under a looser protocol, what was shared).
+        audit = audit_trial(record, paths.cache_dir(study_dir), {s: build_fold(utterances, protocol.fold_spec(s)) for s in sessions})
+        record["audit"] = audit.summary()
         record["status"] = "complete"
     except BaseException as err:  # a failed fold fails the trial, with its cause in the record and in MLflow
         for ref in pending.values():
@@ -170,6 +175,7 @@ def run_trial(config: dict[str, Any]) -> None:
         record["finished"] = time.time()
         _save_record(study_dir, record)
         tracker.finish(record, data_fingerprint=metadata["data_fingerprint"], code_version=metadata["code_version"])
+    tracker.log_audit(audit)
     tune.report(_final_report(record))
 
 

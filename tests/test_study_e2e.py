@@ -90,6 +90,10 @@ def test_a_study_shares_phases_between_trials_and_lands_in_mlflow(small_manifest
 
     reported = subprocess.run(cli("report", str(study_dir)), capture_output=True, text=True, timeout=300)
     assert reported.returncode == 0 and "Best configuration" in reported.stdout
+    assert "Leakage audit: 2 clean" in reported.stdout and all(r["audit"]["clean"] for r in records)
+    audited = subprocess.run(cli("audit", str(study_dir)), capture_output=True, text=True, timeout=300)
+    assert audited.returncode == 0, audited.stdout[-2000:]
+    assert any(r.data.tags.get("audit") == "clean" for r in trials.values())
 
 
 def _first_wav(manifest: Path) -> Path:
