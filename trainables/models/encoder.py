@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, HubertConfig, HubertModel
+from transformers.utils import logging as hf_logging
 
 logger = logging.getLogger(__name__)
 
@@ -193,6 +194,10 @@ class SpeechEncoder(nn.Module):
         (directory / AUDIO_CONFIG_NAME).write_text(
             json.dumps({"sample_rate": self.info.sample_rate, "normalize": self.info.normalize}, indent=2)
         )
+
+
+# Phases load and save encoders many times per study: no per-call progress bars in the logs.
+hf_logging.disable_progress_bar()
 
 
 def load_encoder(name_or_path: str | Path, layerdrop: float = 0.0, freeze_feature_encoder: bool = True) -> SpeechEncoder:
