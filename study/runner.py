@@ -18,6 +18,7 @@ from study import paths, storage
 from study.config import StudyConfig, load_resolved_study
 from study.coordinator import get_coordinator
 from study.errors import UserError
+from study.reachability import check_mlflow_server, check_ray_address
 from study.report_command import write_study_report
 from study.search import make_scheduler, make_search_alg
 from study.trial import run_trial
@@ -86,6 +87,12 @@ def connect_ray(address: str | None) -> None:
         raise UserError(f"no Ray cluster answers at --address {address}: {err}; start one with `ray start --head` or `ray up cluster.yaml`, or leave --address out for a local cluster") from None
 
 
+def check_services(config: StudyConfig, address: str | None) -> None:
+    """The Ray cluster and the MLflow server answer (before anything is written or started)."""
+    check_ray_address(address)
+    check_mlflow_server(config.tracking_uri())
+
+
 def _trainable():
     return tune.with_resources(run_trial, TRIAL_RESOURCES)
 
@@ -93,6 +100,7 @@ def _trainable():
 def run_study(config: StudyConfig, address: str | None = None) -> tune.ResultGrid:
     """Run a new study to completion and write its report; returns Tune's ``ResultGrid``."""
     config.check_inputs()  # before Ray starts: data, encoder, layers, folds
+    check_services(config, address)
     study_dir = prepare_study_dir(config)
     connect_ray(address)
     get_coordinator(str(paths.cache_dir(study_dir)))
@@ -127,6 +135,7 @@ def resume_study(study_dir: str | Path, address: str | None = None) -> tune.Resu
         raise UserError(f"{study_dir} is not a study directory ({storage.name(paths.study_file(study_dir))} is missing); start one with `ser-study run STUDY.yaml`")
     config = load_resolved_study(study_dir)
     config.check_inputs()
+    check_services(config, address)
     tune_dir = _tune_storage_path(paths.tune_dir(study_dir))
     connect_ray(address)
     get_coordinator(str(paths.cache_dir(study_dir)))
