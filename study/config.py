@@ -555,10 +555,14 @@ class StorageSettings(_Strict):
 
     study_dir: str
     mlflow_uri: str | None = None
+    #: A phase cache shared by several studies (local directory or URI); default: <study_dir>/cache.
+    cache_dir: str | None = None
 
-    @field_validator("study_dir")
+    @field_validator("study_dir", "cache_dir")
     @classmethod
-    def _study_dir(cls, value: str) -> str:
+    def _study_dir(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not value.strip():
             raise ValueError("must not be empty; give a local directory or s3://bucket/prefix")
         return value.rstrip("/") if _is_uri(value) else _local_path(value)

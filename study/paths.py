@@ -2,7 +2,8 @@
 
     <study_dir>/study.yaml             the resolved study file (what `resume` reads)
     <study_dir>/tune/                  Ray Tune's experiment state
-    <study_dir>/cache/<phase>/<key>/   phase artifacts shared by trials and later studies
+    <study_dir>/cache/<phase>/<key>/   phase artifacts shared by trials (and by other studies, with
+                                       storage.cache_dir: then <study_dir>/cache.location names it)
     <study_dir>/cache/events/          one small file per cache hit or build (accounting)
     <study_dir>/trials/<trial_id>.json one record per trial (params, folds, metrics)
     <study_dir>/mlflow.db              the local MLflow store (SQLite); artifacts in mlartifacts/
@@ -52,8 +53,23 @@ def tune_dir(study_dir: str | Path) -> StudyPath:
     return _join(study_dir, TUNE_NAME)
 
 
-def cache_dir(study_dir: str | Path) -> StudyPath:
+def cache_pointer(study_dir: str | Path) -> StudyPath:
+    """The file naming a phase cache shared with other studies (``storage.cache_dir``), if the study has one."""
+    return _join(study_dir, "cache.location")
+
+
+def own_cache_dir(study_dir: str | Path) -> StudyPath:
+    """The phase cache inside the study directory (no I/O): the default of :func:`cache_dir`."""
     return _join(study_dir, "cache")
+
+
+def cache_dir(study_dir: str | Path) -> StudyPath:
+    """The study's phase cache: the shared cache its pointer file names, else :func:`own_cache_dir` (reads storage)."""
+    pointer = cache_pointer(study_dir)
+    if storage.is_file(pointer):
+        shared = storage.read_text(pointer).strip()
+        return storage.normalize(shared) if storage.is_uri(shared) else Path(shared)
+    return own_cache_dir(study_dir)
 
 
 def trials_dir(study_dir: str | Path) -> StudyPath:

@@ -51,6 +51,7 @@ def prepare_study_dir(config: StudyConfig) -> Path | str:
     if paths.tune_dir(study_dir).exists():
         raise UserError(f"{study_dir} already holds a study; continue it with `ser-study resume {study_dir}` or choose another --study-dir")
     atomic_write_text(study_file, config.to_yaml())
+    _point_to_shared_cache(config, study_dir)
     return study_dir
 
 
@@ -66,12 +67,19 @@ def _prepare_remote_study_dir(config: StudyConfig) -> str:
     if taken:
         raise UserError(f"{study_dir} already holds a study; continue it with `ser-study resume {study_dir}` or choose another --study-dir")
     storage.write_text(paths.study_file(study_dir), config.to_yaml())
+    _point_to_shared_cache(config, study_dir)
     return study_dir
 
 
 def _tune_storage_path(study_dir: Path | str) -> str:
     """Ray Tune's ``storage_path``: a URI passed unchanged, a local directory made absolute."""
     return str(paths.location(study_dir)) if paths.is_remote(study_dir) else str(Path(study_dir).resolve())
+
+
+def _point_to_shared_cache(config: StudyConfig, study_dir) -> None:
+    """With ``storage.cache_dir``, the study reads and builds its phases in that shared cache."""
+    if config.storage.cache_dir:
+        storage.write_text(paths.cache_pointer(study_dir), str(config.storage.cache_dir) + "\n")
 
 
 def connect_ray(address: str | None) -> None:

@@ -73,7 +73,7 @@ def test_uris_are_joined_before_the_query_and_repaired_after_path_mangling():
     assert storage.normalize(Path("file:///tmp/study")) == "file:///tmp/study"
     assert storage.name("s3://bucket/p/study.yaml") == "study.yaml"
     assert paths.trial_record("s3://bucket/p", "t1") == "s3://bucket/p/trials/t1.json"
-    assert paths.cache_dir(Path("s3://bucket/p")) == "s3://bucket/p/cache"
+    assert paths.own_cache_dir(Path("s3://bucket/p")) == "s3://bucket/p/cache"
     assert paths.report_dir("/tmp/study") == Path("/tmp/study/report")  # local stays a Path
     assert paths.is_remote("file:///tmp/s") and not paths.is_remote("/tmp/s")
 

@@ -48,7 +48,9 @@ def built_phases(study_dir: Path) -> collections.Counter:
 def test_a_study_shares_phases_between_trials_and_lands_in_mlflow(small_manifest, tiny_encoder, tmp_path):
     study_dir = tmp_path / "study"
     # Two trials differing only in pooling, run at the same time: they share TAPT, embeddings, k-means and CPT.
-    args = study_args(small_manifest, tiny_encoder, study_dir, "search.space.clusters={choice: [4]}", "search.algorithm=grid", "search.num_trials=2", "search.max_concurrent=2")
+    shared_cache = tmp_path / "shared-cache"  # also used by a later study, below
+    args = study_args(small_manifest, tiny_encoder, study_dir, "search.space.clusters={choice: [4]}", "search.algorithm=grid",
+                      "search.num_trials=2", "search.max_concurrent=2", f"storage.cache_dir={shared_cache}")
     done = subprocess.run(cli(*args), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Study report" in done.stdout and "ser-study ui" in done.stdout
@@ -94,6 +96,17 @@ def test_a_study_shares_phases_between_trials_and_lands_in_mlflow(small_manifest
     audited = subprocess.run(cli("audit", str(study_dir)), capture_output=True, text=True, timeout=300)
     assert audited.returncode == 0, audited.stdout[-2000:]
     assert any(r.data.tags.get("audit") == "clean" for r in trials.values())
+
+    # A later study on the same storage reuses every phase the first one built: it builds nothing.
+    later_dir = tmp_path / "later"
+    later = study_args(small_manifest, tiny_encoder, later_dir, "search.space.clusters={choice: [4]}", "search.space.pooling={choice: [attention]}",
+                       "search.algorithm=grid", "search.num_trials=1", f"storage.cache_dir={shared_cache}")
+    done = subprocess.run(cli(*later), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert paths.cache_dir(later_dir) == shared_cache
+    assert built_phases(later_dir) == {"tapt": 2, "embeddings": 2, "clustering": 2, "cpt": 2, "finetune": 4}
+    (later_record,) = read_trial_records(later_dir)
+    assert all(fold["built"] == [] for fold in later_record["folds"])
 
 
 def _first_wav(manifest: Path) -> Path:
