@@ -126,11 +126,14 @@ def test_killed_ray_train_worker_resumes_from_its_last_checkpoint(ray_cluster, t
     assert marker.is_file()  # rank 0 did exit after epoch 1
     record = read_record(out)
     assert record["world_size"] == 2
-    assert record["results"]["resumed_from_epoch"] == 1
-    assert [h["epoch"] for h in record["results"]["history"]] == [0, 1, 2]  # epochs 0-1 from the checkpoint, 2 after
+    # Epoch 1's checkpoint, or epoch 0's when the worker died before Ray Train's controller polled its
+    # last report (a Ray Train V2 race seen under load): either way a checkpoint, not a restart from scratch.
+    resumed = record["results"]["resumed_from_epoch"]
+    assert resumed in (0, 1)
+    assert [h["epoch"] for h in record["results"]["history"]] == [0, 1, 2]  # epochs up to `resumed` from the checkpoint
     ranks = result.return_value["ranks"]
     assert all(r["resumed"] for r in ranks)  # every rank of the new group loaded the checkpoint
-    _check_shares(ranks, split[0], epochs=[2])  # the restarted group trained only what was left
+    _check_shares(ranks, split[0], epochs=list(range(resumed + 1, 3)))  # the restarted group trained only what was left
     assert result.metrics["epoch"] == 2
 
 
@@ -144,8 +147,11 @@ def test_rerun_after_the_restarts_ran_out_resumes_from_the_run_in_storage(ray_cl
     assert (storage / f"tapt-{out.name}" / "checkpoint_manager_snapshot.json").is_file()  # the run stays for a rerun
 
     result = RayExecutor(RayResources(workers=1), storage=storage).train("tapt", out, **kwargs)
-    assert read_record(out)["results"]["resumed_from_epoch"] == 1
-    assert [e["epoch"] for e in result.return_value["ranks"][0]["epochs"]] == [2]
+    # The rerun resumes from the last checkpoint Ray Train registered: epoch 1's, or epoch 0's when the
+    # worker died before the controller's next poll saw its last report (a Ray Train V2 race, seen under load).
+    resumed = read_record(out)["results"]["resumed_from_epoch"]
+    assert resumed in (0, 1)
+    assert [e["epoch"] for e in result.return_value["ranks"][0]["epochs"]] == list(range(resumed + 1, 3))
     assert not (storage / f"tapt-{out.name}").exists()
 
 
