@@ -45,6 +45,20 @@ class EncoderInfo:
     sample_rate: int
     normalize: bool
 
+    @classmethod
+    def from_config(cls, name_or_path: str | Path, config, sample_rate: int, normalize: bool) -> "EncoderInfo":
+        """From a HuggingFace config (``AutoConfig``/``HubertConfig``) and the encoder's audio settings."""
+        return cls(
+            name_or_path=str(name_or_path),
+            model_type=config.model_type,
+            num_layers=config.num_hidden_layers,
+            hidden_size=config.hidden_size,
+            conv_kernel=tuple(config.conv_kernel),
+            conv_stride=tuple(config.conv_stride),
+            sample_rate=sample_rate,
+            normalize=normalize,
+        )
+
     def check_layer(self, layer: int, field: str = "layer") -> None:
         """Refuse a ``hidden_states`` index the encoder does not have."""
         if not 0 <= layer <= self.num_layers:
@@ -105,16 +119,7 @@ def read_encoder_info(name_or_path: str | Path) -> EncoderInfo:
     if not all(hasattr(config, key) for key in needed):
         raise EncoderError(f"{name_or_path!r} ({config.model_type}) is not a wav2vec2-style speech encoder: its config lacks {needed}")
     sample_rate, normalize = _audio_config(name_or_path)
-    return EncoderInfo(
-        name_or_path=name_or_path,
-        model_type=config.model_type,
-        num_layers=config.num_hidden_layers,
-        hidden_size=config.hidden_size,
-        conv_kernel=tuple(config.conv_kernel),
-        conv_stride=tuple(config.conv_stride),
-        sample_rate=sample_rate,
-        normalize=normalize,
-    )
+    return EncoderInfo.from_config(name_or_path, config, sample_rate, normalize)
 
 
 def encoder_fingerprint(name_or_path: str | Path) -> str:
@@ -253,15 +258,6 @@ def make_tiny_encoder(out: str | Path, config: TinyEncoderConfig = TinyEncoderCo
         vocab_size=32,
     )
     model = HubertModel(hf_config)
-    info = EncoderInfo(
-        name_or_path=str(out),
-        model_type="hubert",
-        num_layers=config.num_layers,
-        hidden_size=config.hidden_size,
-        conv_kernel=tuple(hf_config.conv_kernel),
-        conv_stride=tuple(hf_config.conv_stride),
-        sample_rate=DEFAULT_SAMPLE_RATE,
-        normalize=False,
-    )
+    info = EncoderInfo.from_config(out, hf_config, DEFAULT_SAMPLE_RATE, normalize=False)
     SpeechEncoder(model, info).save(out)
     return Path(out)
