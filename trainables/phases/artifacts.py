@@ -91,6 +91,17 @@ class PhaseRecord:
         self.results = to_plain(self.results)
 
 
+def training_record(phase: str, started: float, runtime, **fields: Any) -> PhaseRecord:
+    """The record of a training phase run on ``runtime`` since ``started`` (``time.perf_counter()``)."""
+    return PhaseRecord(
+        phase=phase,
+        wall_seconds=time.perf_counter() - started,
+        device=device_name(runtime.device),
+        world_size=runtime.world_size,
+        **fields,
+    )
+
+
 def write_record(directory: Path, record: PhaseRecord) -> None:
     (directory / RECORD_FILE).write_text(json.dumps(asdict(record), indent=2, sort_keys=True))
 

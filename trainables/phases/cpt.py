@@ -25,7 +25,7 @@ from trainables.data.manifest import Utterance
 from trainables.models.encoder import EncoderInfo, encoder_fingerprint, load_encoder
 from trainables.models.heads import FRAME_HEADS, FramePredictor
 from trainables.models.masking import DEFAULT_SPAN, achieved_ratio, span_mask
-from trainables.phases.artifacts import PhaseRecord, describe_utterances, device_name, encoder_dir, write_record
+from trainables.phases.artifacts import describe_utterances, encoder_dir, training_record, write_record
 from trainables.phases.clustering import load_pseudo_labels
 from trainables.runtime import Runtime
 from trainables.training import TrainConfig, fit, make_loader, seed_everything
@@ -153,15 +153,14 @@ def run_cpt(
             model.encoder.save(encoder_dir(tmp))
             write_record(
                 tmp,
-                PhaseRecord(
-                    phase="cpt",
+                training_record(
+                    "cpt",
+                    started,
+                    runtime,
                     params={"config": cfg, "mask_ratio": mask_ratio, "label_sets": num_labels},
                     upstream={"init_encoder": str(init_encoder), "init_fingerprint": encoder_fingerprint(init_encoder), **{f"clustering_{n}": str(p) for n, p in clusterings.items()}},
                     used={"trained_on": describe_utterances(utterances)},
                     results={"final": result.history[-1] if result.history else {}, "history": result.history, "resumed_from_epoch": result.resumed_from_epoch},
-                    wall_seconds=time.perf_counter() - started,
-                    device=device_name(runtime.device),
-                    world_size=runtime.world_size,
                 ),
             )
     runtime.barrier()

@@ -20,7 +20,7 @@ from trainables.atomic import atomic_directory
 from trainables.data.audio import Crop
 from trainables.data.batching import UtteranceDataset
 from trainables.data.manifest import Utterance
-from trainables.phases.artifacts import PhaseRecord, classifier_dir, describe_utterances, device_name, write_record
+from trainables.phases.artifacts import classifier_dir, describe_utterances, training_record, write_record
 from trainables.phases.classifier import ClassifierConfig, evaluate_classifier, save_classifier, train_classifier
 from trainables.runtime import Runtime
 
@@ -67,15 +67,14 @@ def run_finetune(
                     writer.writerow([utt.utt_id, utt.label, classes[int(probabilities[row].argmax())], *[f"{p:.4f}" for p in probabilities[row].tolist()]])
             write_record(
                 tmp,
-                PhaseRecord(
-                    phase="finetune",
+                training_record(
+                    "finetune",
+                    started,
+                    runtime,
                     params={"config": cfg, "pooling": pooling, "classes": list(classes)},
                     upstream={"encoder": str(encoder)},
                     used={"trained_on": describe_utterances(train), "selected_on": describe_utterances(val), "tested_on": describe_utterances(test)},
                     results={"metrics": metrics, "history": result.history, "resumed_from_epoch": result.resumed_from_epoch},
-                    wall_seconds=time.perf_counter() - started,
-                    device=device_name(runtime.device),
-                    world_size=runtime.world_size,
                 ),
             )
     runtime.barrier()

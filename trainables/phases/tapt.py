@@ -14,7 +14,7 @@ from typing import Sequence
 from trainables.atomic import atomic_directory
 from trainables.data.manifest import Utterance
 from trainables.models.encoder import encoder_fingerprint
-from trainables.phases.artifacts import PhaseRecord, describe_utterances, device_name, encoder_dir, write_record
+from trainables.phases.artifacts import describe_utterances, encoder_dir, training_record, write_record
 from trainables.phases.classifier import ClassifierConfig, train_classifier
 from trainables.runtime import Runtime
 
@@ -38,15 +38,14 @@ def run_tapt(
             model.encoder.save(encoder_dir(tmp))
             write_record(
                 tmp,
-                PhaseRecord(
-                    phase="tapt",
+                training_record(
+                    "tapt",
+                    started,
+                    runtime,
                     params={"config": cfg, "pooling": TAPT_POOLING, "classes": list(classes)},
                     upstream={"encoder": str(encoder), "encoder_fingerprint": encoder_fingerprint(encoder)},
                     used={"trained_on": describe_utterances(train), "selected_on": describe_utterances(val)},
                     results={"best": result.best_metrics, "history": result.history, "resumed_from_epoch": result.resumed_from_epoch},
-                    wall_seconds=time.perf_counter() - started,
-                    device=device_name(runtime.device),
-                    world_size=runtime.world_size,
                 ),
             )
     runtime.barrier()
