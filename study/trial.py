@@ -140,11 +140,10 @@ def run_trial(config: dict[str, Any]) -> None:
     tracker.start(trial_id, record["params"], fixed={"phases": to_plain(study.phase_settings()), "folds": sessions, "encoder": study.encoder})
     task = _fold_task(study)
     pending = {session: task.remote(study_dir, session, candidate) for session in sessions}
-    done: dict[int, dict[str, Any]] = {}
+    running: dict[str, float] = {}
     try:
         for session in sessions:  # report in fold order: a running mean over folds 1..k
-            done[session] = ray.get(pending.pop(session))
-            fold = done[session]
+            fold = ray.get(pending.pop(session))
             record["folds"].append(fold)
             record["folds_done"] = len(record["folds"])
             tracker.log_fold(fold, classes)
@@ -153,14 +152,8 @@ def run_trial(config: dict[str, Any]) -> None:
             if record["folds_done"] < record["folds_total"]:
                 # Means so far under their final names: the searcher tells Optuna a result with
                 # folds_done < folds_total as PRUNED, never as a complete score (study.search).
-                tune.report({
-                    "folds_done": record["folds_done"],
-                    "folds_total": record["folds_total"],
-                    "val_ua_running_mean": running["val_ua_mean"],
-                    "test_ua_running_mean": running["test_ua_mean"],
-                    **running,
-                })
-        record["metrics"] = fold_metrics(record["folds"])
+                tune.report(_tune_result(record, running))
+        record["metrics"] = running  # after the last fold: the means over all folds
         # Proof that no test-session utterance entered a phase (or, under a looser protocol, what was shared).
         audit = audit_trial(record, paths.cache_dir(study_dir), {s: build_fold(utterances, protocol.fold_spec(s)) for s in sessions})
         record["audit"] = audit.summary()
@@ -179,14 +172,19 @@ def run_trial(config: dict[str, Any]) -> None:
     tune.report(_final_report(record))
 
 
-def _final_report(record: dict[str, Any]) -> dict[str, Any]:
+def _tune_result(record: dict[str, Any], metrics: dict[str, float]) -> dict[str, Any]:
+    """What a trial reports to Tune: fold progress, the running means, and ``metrics`` under their own names."""
     return {
         "folds_done": record["folds_done"],
         "folds_total": record["folds_total"],
-        "val_ua_running_mean": record["metrics"]["val_ua_mean"],
-        "test_ua_running_mean": record["metrics"]["test_ua_mean"],
-        **record["metrics"],
+        "val_ua_running_mean": metrics["val_ua_mean"],
+        "test_ua_running_mean": metrics["test_ua_mean"],
+        **metrics,
     }
+
+
+def _final_report(record: dict[str, Any]) -> dict[str, Any]:
+    return _tune_result(record, record["metrics"])
 
 
 def _load_record(study_dir: str, trial_id: str) -> dict[str, Any] | None:
