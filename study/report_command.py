@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from pathlib import Path
@@ -23,14 +24,13 @@ def write_study_report(study_dir: str | Path, log_to_mlflow: bool = True) -> str
     study = config.report_metadata(utterances)
     report = build_report(read_trial_records(study_dir), study)
     text = format_report(report)
-    if paths.is_remote(study_dir):  # write locally, then publish next to the study's other state
-        with tempfile.TemporaryDirectory(prefix="ser-study-report-") as tmp:
-            files = write_report(report, Path(tmp))
-            storage.upload_tree(tmp, paths.report_dir(study_dir))
-            if log_to_mlflow:
-                log_study_summary(config.tracking_uri(), config.name, study, files)
-        return text
-    files = write_report(report, paths.report_dir(study_dir))
-    if log_to_mlflow:
-        log_study_summary(config.tracking_uri(), config.name, study, files)
+    remote = paths.is_remote(study_dir)
+    with contextlib.ExitStack() as stack:
+        # A remote study's report is written locally, then published next to the study's other state.
+        out = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ser-study-report-"))) if remote else paths.report_dir(study_dir)
+        files = write_report(report, out)
+        if remote:
+            storage.upload_tree(out, paths.report_dir(study_dir))
+        if log_to_mlflow:  # while the files still exist
+            log_study_summary(config.tracking_uri(), config.name, study, files)
     return text
