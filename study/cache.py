@@ -6,8 +6,11 @@ the phase's code version.
 
 **Local root** (a plain path): artifacts live in ``root/<phase>/<key>``. An
 artifact exists only once complete (phases write to a temporary name and
-rename), so a present directory with a readable ``record.json`` is a hit. A
-directory whose record cannot be read is moved aside as corrupt and rebuilt.
+rename), so a present directory whose files match its ``record.json`` (sizes
+and SHA-256, :func:`trainables.phases.artifacts.verify_artifact`) is a hit. A
+damaged one (unreadable record, a file missing, truncated or changed) is moved
+aside to ``<key>.corrupt-<time>-<id>``, logged as a ``corrupt`` event, and
+rebuilt: it is never handed to a phase.
 
 **Remote root** (any URI with a scheme: ``s3://``, ``gs://``, and ``file://``,
 which takes the same code path): phases only ever read and write local paths,
@@ -20,8 +23,9 @@ remote record's presence marks a complete artifact, so a crash mid-upload never
 looks complete (the next builder overwrites the partial upload). A hit on a
 remote artifact downloads it once into the node-local cache (into a temporary
 folder, then renamed) and returns the local path. A remote record that cannot
-be parsed marks a corrupt artifact: its prefix is deleted and it is rebuilt
-(or re-uploaded from an intact local copy). A node whose upload crashed
+be parsed, or whose download does not match its record, marks a corrupt
+artifact: its prefix is deleted and it is rebuilt (or re-uploaded from an
+intact local copy). A node whose upload crashed
 re-uploads its complete local copy instead of building again.
 
 **Events.** Every hit and build is one small JSON object,
@@ -44,7 +48,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from study import storage
-from trainables.phases.artifacts import PHASE_CODE_VERSION, RECORD_FILE, to_plain
+from trainables.phases.artifacts import PHASE_CODE_VERSION, RECORD_FILE, to_plain, verify_artifact
 
 logger = logging.getLogger(__name__)
 
@@ -109,21 +113,22 @@ class ArtifactCache:
     # -- completeness
 
     def is_complete(self, path: Path) -> bool:
-        """True if the local artifact ``path`` has a readable record; an unreadable one is moved aside."""
+        """True if the local artifact ``path`` is there and intact; a damaged one is moved aside (and logged)."""
         if not path.is_dir():
             return False
-        try:
-            json.loads((path / RECORD_FILE).read_text())
+        problem = verify_artifact(path)
+        if problem is None:
             return True
-        except (OSError, ValueError):
-            corrupt = path.with_name(f"{path.name}.corrupt-{int(time.time())}-{uuid.uuid4().hex[:6]}")
-            logger.warning("artifact %s is corrupt (unreadable %s); moved to %s and rebuilding", path, RECORD_FILE, corrupt)
-            try:
-                path.rename(corrupt)
-            except OSError:
-                if path.is_dir():  # not moved by another process in the meantime
-                    raise
+        corrupt = path.with_name(f"{path.name}.corrupt-{int(time.time())}-{uuid.uuid4().hex[:6]}")
+        logger.warning("artifact %s is corrupt (%s); moved to %s, it will be rebuilt", path, problem, corrupt)
+        try:
+            path.rename(corrupt)
+        except OSError:
+            if path.is_dir():  # not moved by another process in the meantime
+                raise
             return False
+        self.log_event(path.parent.name, path.name, "corrupt", problem=problem, moved_to=str(corrupt))
+        return False
 
     def _remote_complete(self, phase: str, key: str) -> bool:
         """True if the remote artifact's record is there and readable; a corrupt one is deleted.
@@ -140,21 +145,21 @@ class ArtifactCache:
         except FileNotFoundError:
             return False
         except ValueError:  # JSON or UTF-8
-            logger.warning("artifact %s is corrupt (unreadable %s); deleting it and rebuilding", location, RECORD_FILE)
-            storage.delete(record)  # first: from here on it is not complete for anyone
-            storage.delete(location)
+            self._delete_remote(phase, key, f"unreadable {RECORD_FILE}")
             return False
+
+    def _delete_remote(self, phase: str, key: str, problem: str) -> None:
+        """Remove a damaged remote artifact so that it is rebuilt (its record first: then it is incomplete for all)."""
+        location = self.location(phase, key)
+        logger.warning("artifact %s is corrupt (%s); deleting it, it will be rebuilt", location, problem)
+        storage.delete(storage.join(location, RECORD_FILE))
+        storage.delete(location)
+        self.log_event(phase, key, "corrupt", problem=problem, deleted=str(location))
 
     def fetch(self, phase: str, key: str) -> Path | None:
         """The local path of the complete artifact ``phase/key`` (downloaded if remote), or None if not built."""
         path = self.path(phase, key)
-        if not self.remote:
-            return path if self.is_complete(path) else None
-        if not self._remote_complete(phase, key):
-            return None
-        if not self.is_complete(path):
-            self._download(phase, key, path)
-        return path
+        return path if self._available(phase, key, path) is not None else None
 
     def _available(self, phase: str, key: str, path: Path) -> dict[str, Any] | None:
         """The hit's event details if the artifact is complete (now local), else None."""
@@ -166,6 +171,9 @@ class ArtifactCache:
             return {}
         started = time.monotonic()
         self._download(phase, key, path)
+        if not self.is_complete(path):  # the download does not match its record: the remote copy is damaged
+            self._delete_remote(phase, key, "its files do not match its record")
+            return None
         return {"downloaded_seconds": round(time.monotonic() - started, 3)}
 
     def _download(self, phase: str, key: str, path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -37,7 +38,7 @@ def _builder(calls: list, seconds: float):
         calls.append(threading.current_thread().name)
         time.sleep(seconds)
         out.mkdir(parents=True)
-        (out / "record.json").write_text("{}")
+        (out / "record.json").write_text(json.dumps({"files": {}}))
 
     return build
 

@@ -17,7 +17,8 @@ from trainables.data.manifest import fingerprint
 from trainables.executors import LocalExecutor
 from trainables.kmeans import KMeansConfig
 from trainables.models.encoder import load_encoder
-from trainables.phases.artifacts import classifier_dir, encoder_dir, read_record
+from trainables.atomic import atomic_directory
+from trainables.phases.artifacts import PhaseRecord, classifier_dir, encoder_dir, read_record, verify_artifact, write_record
 from trainables.phases.classifier import load_classifier
 from trainables.phases.clustering import load_pseudo_labels, run_clustering
 from trainables.phases.cpt import PseudoLabelError, run_cpt
@@ -146,19 +147,64 @@ def test_the_chain_reuses_every_cached_phase(small_utterances, tiny_encoder, set
     assert [e["phase"] for e in built].count("tapt") == 1
 
 
-def test_a_corrupt_artifact_is_moved_aside_and_rebuilt(tmp_path):
+def _damage_record(path: Path) -> None:
+    (path / "record.json").write_text("{not json")
+
+
+def _truncate(path: Path) -> None:
+    weights = path / "encoder" / "weights.bin"
+    weights.write_bytes(weights.read_bytes()[:100])
+
+
+def _flip_a_byte(path: Path) -> None:
+    weights = path / "encoder" / "weights.bin"
+    data = bytearray(weights.read_bytes())
+    data[500] ^= 0xFF
+    weights.write_bytes(bytes(data))
+
+
+def _remove_a_file(path: Path) -> None:
+    (path / "encoder" / "weights.bin").unlink()
+
+
+def _drop_the_manifest(path: Path) -> None:
+    record = json.loads((path / "record.json").read_text())
+    del record["files"]
+    (path / "record.json").write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (_damage_record, "record.json is unreadable"),
+        (_truncate, "encoder/weights.bin has 100 bytes, the record says 1000"),
+        (_flip_a_byte, "encoder/weights.bin does not match its recorded SHA-256"),
+        (_remove_a_file, "encoder/weights.bin is missing"),
+        (_drop_the_manifest, "lists no files"),
+    ],
+)
+def test_a_damaged_artifact_is_never_reused_but_moved_aside_and_rebuilt(tmp_path, damage, problem):
     cache = ArtifactCache(tmp_path)
     calls = []
 
-    def build(out: Path) -> None:
+    def build(out: Path) -> None:  # a phase: files first, then the record with their manifest, renamed into place
         calls.append(out)
-        out.mkdir(parents=True)
-        (out / "record.json").write_text("{}")
+        with atomic_directory(out) as tmp:
+            (tmp / "encoder").mkdir()
+            (tmp / "encoder" / "weights.bin").write_bytes(bytes(range(250)) * 4)
+            write_record(tmp, PhaseRecord(phase="tapt", params={}, upstream={}, used={}))
 
     key, path = cache.get_or_build("tapt", {"x": 1}, build)
-    (path / "record.json").write_text("{not json")
-    cache.get_or_build("tapt", {"x": 1}, build)
-    assert len(calls) == 2 and list(path.parent.glob(f"{key}.corrupt-*"))
+    assert verify_artifact(path) is None
+    damage(path)
+    assert problem in verify_artifact(path)
+    assert cache.get_or_build("tapt", {"x": 1}, build) == (key, path)
+    assert len(calls) == 2 and verify_artifact(path) is None
+    (moved,) = path.parent.glob(f"{key}.corrupt-*")
+    assert problem in verify_artifact(moved)
+    events = cache.events()
+    assert [e["event"] for e in events] == ["built", "corrupt", "built"]
+    assert problem in events[1]["problem"] and events[1]["moved_to"] == str(moved)
 
 
 def test_run_fold_end_to_end(small_manifest, tiny_encoder, tmp_path, capsys):

@@ -16,6 +16,7 @@ import pytest
 from study import paths, storage
 from study.cache import EVENTS_FILE, LOCAL_CACHE_ENV, ArtifactCache, artifact_key, default_local_root
 from study.errors import UserError
+from trainables.phases.artifacts import file_manifest
 
 SMOKE = Path(__file__).resolve().parents[1] / "search_spaces" / "smoke.yaml"
 
@@ -34,7 +35,7 @@ def _builder(calls: list, files: dict[str, str] | None = None):
         for name, text in (files or {"encoder/weights.bin": "w" * 1000, "metrics.json": '{"ua": 0.5}'}).items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp / name).write_text(text)
-        (tmp / "record.json").write_text(json.dumps({"phase": "tapt", "calls": len(calls)}))
+        (tmp / "record.json").write_text(json.dumps({"phase": "tapt", "calls": len(calls), "files": file_manifest(tmp)}))
         tmp.rename(out)
 
     return build
@@ -205,7 +206,20 @@ def test_a_corrupt_node_local_copy_is_moved_aside_and_downloaded_again(tmp_path)
     assert cache.get_or_build("tapt", {"x": 1}, _builder(calls)) == (key, path)
     assert len(calls) == 1 and json.loads((path / "record.json").read_text())["calls"] == 1
     assert list(path.parent.glob(f"{key}.corrupt-*"))
-    assert [e["event"] for e in cache.events()] == ["built", "hit"]
+    assert [e["event"] for e in cache.events()] == ["built", "corrupt", "hit"]
+
+
+def test_a_remote_artifact_whose_files_do_not_match_its_record_is_deleted_and_rebuilt(tmp_path):
+    root = uri(tmp_path / "bucket" / "cache")
+    calls: list[Path] = []
+    key, _ = ArtifactCache(root, local_dir=tmp_path / "node_a").get_or_build("tapt", {"x": 1}, _builder(calls))
+    remote = tmp_path / "bucket" / "cache" / "tapt" / key
+    (remote / "encoder" / "weights.bin").write_text("w" * 999)  # damaged in the bucket; the record still parses
+    _, path = ArtifactCache(root, local_dir=tmp_path / "node_b").get_or_build("tapt", {"x": 1}, _builder(calls))
+    assert len(calls) == 2 and (path / "encoder" / "weights.bin").read_text() == "w" * 1000
+    assert json.loads((remote / "record.json").read_text())["calls"] == 2 and (remote / "encoder" / "weights.bin").read_text() == "w" * 1000
+    events = [e["event"] for e in ArtifactCache(root).events()]
+    assert events == ["built", "corrupt", "corrupt", "built"]  # node b's download moved aside, then the remote copy deleted
 
 
 def test_events_of_a_local_cache_are_one_file_each_and_old_logs_still_count(tmp_path):

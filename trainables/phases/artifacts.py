@@ -3,11 +3,15 @@
 An artifact directory is complete if and only if it exists: phases write into a
 temporary sibling and rename it into place (:func:`trainables.atomic.atomic_directory`).
 Its ``record.json`` names the phase, its parameters, the upstream artifacts, the
-fingerprint and count of the utterances it trained or fit on, wall time and device.
+fingerprint and count of the utterances it trained or fit on, wall time and device,
+and lists every other file of the artifact with its size and SHA-256 (``files``),
+so that a reader can tell an intact artifact from one damaged on disk
+(:func:`verify_artifact`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import socket
@@ -102,8 +106,54 @@ def training_record(phase: str, started: float, runtime, **fields: Any) -> Phase
     )
 
 
+#: Read size when hashing artifact files.
+_HASH_CHUNK_BYTES = 1 << 20
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of the file at ``path`` (hex)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_manifest(directory: Path) -> dict[str, dict[str, Any]]:
+    """Every file under ``directory`` except the record: relative POSIX path -> ``{"bytes", "sha256"}``."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.relative_to(directory).as_posix() != RECORD_FILE)
+    return {p.relative_to(directory).as_posix(): {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in files}
+
+
 def write_record(directory: Path, record: PhaseRecord) -> None:
-    (directory / RECORD_FILE).write_text(json.dumps(asdict(record), indent=2, sort_keys=True))
+    """Write ``record.json``, with the manifest of the files already in ``directory``: call it last."""
+    body = {**asdict(record), "files": file_manifest(directory)}
+    (directory / RECORD_FILE).write_text(json.dumps(body, indent=2, sort_keys=True))
+
+
+def verify_artifact(artifact: Path) -> str | None:
+    """Why the artifact at ``artifact`` cannot be trusted, or None if it is intact.
+
+    Intact means: ``record.json`` parses, lists its files, and every listed file
+    is present with the recorded size and SHA-256.
+    """
+    try:
+        record = json.loads((artifact / RECORD_FILE).read_text())
+    except (OSError, ValueError) as err:
+        return f"{RECORD_FILE} is unreadable ({err.__class__.__name__})"
+    files = record.get("files") if isinstance(record, dict) else None
+    if not isinstance(files, dict):
+        return f"{RECORD_FILE} lists no files (written by an older ser-study, or damaged)"
+    for name, expected in files.items():
+        path = artifact / name
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if size != expected.get("bytes"):
+            return f"{name} has {size} bytes, the record says {expected.get('bytes')}"
+        if file_digest(path) != expected.get("sha256"):
+            return f"{name} does not match its recorded SHA-256"
+    return None
 
 
 def read_record(artifact: Path) -> dict[str, Any]:
