@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,7 +110,7 @@ def read_encoder_info(name_or_path: str | Path) -> EncoderInfo:
     """Read an encoder's config (not its weights). Raises :class:`EncoderError` with a fix."""
     name_or_path = str(name_or_path)
     try:
-        config = AutoConfig.from_pretrained(name_or_path)
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)  # no code from a checkpoint runs
     except (OSError, ValueError) as err:
         raise EncoderError(
             f"cannot read the encoder config of {name_or_path!r} ({str(err).splitlines()[0]}); give a local directory "
@@ -214,7 +215,13 @@ def load_encoder(name_or_path: str | Path, layerdrop: float = 0.0, freeze_featur
     """
     info = read_encoder_info(name_or_path)
     try:
-        model = AutoModel.from_pretrained(info.name_or_path, layerdrop=layerdrop, apply_spec_augment=True)
+        # safetensors, or a PyTorch .bin read with weights_only=True (tensors only): never an arbitrary pickle.
+        model = AutoModel.from_pretrained(info.name_or_path, layerdrop=layerdrop, apply_spec_augment=True, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise EncoderError(
+            f"refused to load the encoder weights of {info.name_or_path!r}: the file holds Python objects, not just tensors "
+            f"({str(err).splitlines()[0][:200]}); convert the checkpoint to safetensors with code you trust"
+        ) from None
     except (OSError, ValueError) as err:
         raise EncoderError(f"cannot load the encoder weights of {info.name_or_path!r}: {str(err).splitlines()[0]}") from None
     if getattr(model, "masked_spec_embed", None) is None:
