@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
+import sys
 from pathlib import Path
 
 from study import paths, storage
@@ -14,17 +14,21 @@ from study.errors import UserError
 logger = logging.getLogger(__name__)
 
 DEFAULT_UI_PORT = 5000
+STUDY_EXIT_STATUS = (
+    "exit status: 0 when every trial ran to the end; 1 when a trial failed (the others still run, the report is "
+    "still written, and each failed trial is listed with its cause); 2 on bad input, before anything starts."
+)
 
 
 def add_study_parsers(subparsers) -> None:
-    run = subparsers.add_parser("run", help="run a study file (Ray Tune + Optuna over LOSO folds)")
+    run = subparsers.add_parser("run", help="run a study file (Ray Tune + Optuna over LOSO folds)", epilog=STUDY_EXIT_STATUS)
     run.add_argument("study", type=Path, help="study YAML, e.g. search_spaces/smoke.yaml")
     run.add_argument("--study-dir", help="where the study's state, cache, MLflow store and report go (default: storage.study_dir)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE", help="override a field of the study file, e.g. --set data.manifest=my.csv (repeatable)")
     run.add_argument("--address", help="Ray cluster to join (e.g. auto); default: start a local one")
     run.set_defaults(handler=run_run)
 
-    resume = subparsers.add_parser("resume", help="continue an interrupted study from its directory")
+    resume = subparsers.add_parser("resume", help="continue an interrupted study from its directory", epilog=STUDY_EXIT_STATUS)
     resume.add_argument("study_dir", help="study directory (local path or s3:// URI)")
     resume.add_argument("--address", help="Ray cluster to join (e.g. auto); default: start a local one")
     resume.set_defaults(handler=run_resume)
@@ -72,7 +76,7 @@ def run_run(args: argparse.Namespace) -> int:
     config = load_study(args.study, overrides)
     run_study(config, address=args.address)
     _print_report(str(config.storage.study_dir))
-    return 0
+    return _report_failed_trials(str(config.storage.study_dir))
 
 
 def run_resume(args: argparse.Namespace) -> int:
@@ -80,7 +84,22 @@ def run_resume(args: argparse.Namespace) -> int:
 
     resume_study(args.study_dir, address=args.address)
     _print_report(args.study_dir)
-    return 0
+    return _report_failed_trials(args.study_dir)
+
+
+def _report_failed_trials(study_dir: str) -> int:
+    """1 (with each failed trial and its cause on stderr) if a trial of the study failed, else 0."""
+    from study.trial import read_trial_records
+
+    failed = [r for r in read_trial_records(study_dir) if r.get("status") == "error"]
+    if not failed:
+        return 0
+    cache = paths.cache_dir(study_dir)
+    lines = [f"{len(failed)} trial(s) failed; the others ran to the end and are in the report:"]
+    lines += [f"  {r['trial_id']} {r.get('params')}: {r.get('error')}" for r in failed]
+    lines.append(f"Fix the cause, then run the study again with --set storage.cache_dir={cache} to reuse every phase already built.")
+    print("\n".join(lines), file=sys.stderr)
+    return 1
 
 
 def _print_report(study_dir: str) -> None:
@@ -110,12 +129,10 @@ def run_ui(args: argparse.Namespace) -> int:
 
     _require_study(args.study_dir)
     config = load_resolved_study(args.study_dir)
-    mlflow = shutil.which("mlflow")
-    if mlflow is None:
-        raise UserError("the mlflow command is not on PATH; activate the environment (source .venv/bin/activate)")
-    argv = [mlflow, "ui", "--backend-store-uri", config.tracking_uri(), "--host", "127.0.0.1", "--port", str(args.port)]
+    # MLflow from this environment (not whichever `mlflow` is first on PATH), bound to loopback only.
+    argv = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", config.tracking_uri(), "--host", "127.0.0.1", "--port", str(args.port)]
     print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C to stop)", flush=True)
-    os.execv(mlflow, argv)
+    os.execv(sys.executable, argv)
     return 0  # not reached
 
 
