@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Union
 
 from study import storage
+from study.errors import UserError
 
 TUNE_NAME = "tune"
 
@@ -87,3 +88,15 @@ def report_dir(study_dir: str | Path) -> StudyPath:
 def ray_train_dir(study_dir: str | Path) -> StudyPath:
     """Ray Train's run storage (checkpoints of training phases) for the Ray executor."""
     return _join(study_dir, "ray_train")
+
+
+def require_study_dir(study_dir: str | Path) -> StudyPath:
+    """``study_dir`` as a location if it holds a study (its ``study.yaml``); else a :class:`UserError` saying what to do."""
+    study_dir = location(study_dir)  # a URI stays a URI (even one that went through Path())
+    try:
+        present = storage.is_file(study_file(study_dir))
+    except (OSError, ValueError) as err:  # object storage: no credentials, no bucket, a malformed URI
+        raise UserError(f"cannot read the study directory {study_dir} ({err})") from None
+    if not present:
+        raise UserError(f"{study_dir} is not a study directory ({storage.name(study_file(study_dir))} is missing); start one with `ser-study run STUDY.yaml`")
+    return study_dir

@@ -10,6 +10,7 @@ import logging
 import os
 import uuid
 from pathlib import Path
+from typing import Callable, Sequence
 
 import ray
 from ray import tune
@@ -105,51 +106,53 @@ def _trainable():
     return tune.with_resources(run_trial, TRIAL_RESOURCES)
 
 
-def run_study(config: StudyConfig, address: str | None = None) -> tune.ResultGrid:
-    """Run a new study to completion and write its report; returns Tune's ``ResultGrid``."""
+def run_study(config: StudyConfig, address: str | None = None, callbacks: Sequence[tune.Callback] = ()) -> tune.ResultGrid:
+    """Run a new study to completion and write its report; returns Tune's ``ResultGrid``.
+
+    ``callbacks`` are Tune callbacks run in this (the driver) process, e.g. to
+    log or watch trials as they end.
+    """
     config.check_inputs()  # before Ray starts: data, encoder, layers, folds
     check_services(config, address)
     study_dir = prepare_study_dir(config)
-    connect_ray(address)
-    get_coordinator(str(paths.cache_dir(study_dir)))
-    tuner = tune.Tuner(
-        _trainable(),
-        param_space={"study_dir": str(study_dir)},
-        tune_config=tune.TuneConfig(
-            search_alg=make_search_alg(config),
-            scheduler=make_scheduler(config),
-            num_samples=config.num_trials(),
-        ),
-        run_config=tune.RunConfig(
-            name=paths.TUNE_NAME,
-            storage_path=_tune_storage_path(study_dir),
-            failure_config=tune.FailureConfig(max_failures=0),
-            verbose=1,
-        ),
-    )
-    results = tuner.fit()
-    write_study_report(study_dir)
-    return results
+
+    def new_tuner() -> tune.Tuner:
+        return tune.Tuner(
+            _trainable(),
+            param_space={"study_dir": str(study_dir)},
+            tune_config=tune.TuneConfig(
+                search_alg=make_search_alg(config),
+                scheduler=make_scheduler(config),
+                num_samples=config.num_trials(),
+            ),
+            run_config=tune.RunConfig(
+                name=paths.TUNE_NAME,
+                storage_path=_tune_storage_path(study_dir),
+                failure_config=tune.FailureConfig(max_failures=0),
+                callbacks=list(callbacks),
+                verbose=1,
+            ),
+        )
+
+    return _drive(study_dir, address, new_tuner)
 
 
 def resume_study(study_dir: str | Path, address: str | None = None) -> tune.ResultGrid:
     """Continue an interrupted study from its directory alone: finished trials are kept, cached phases reused."""
-    study_dir = paths.location(study_dir)  # a URI stays a URI (even one that went through Path())
-    try:
-        present = storage.is_file(paths.study_file(study_dir))
-    except (OSError, ValueError) as err:  # object storage: no credentials, no bucket, a malformed URI
-        raise UserError(f"cannot read the study directory {study_dir} ({err})") from None
-    if not present:
-        raise UserError(f"{study_dir} is not a study directory ({storage.name(paths.study_file(study_dir))} is missing); start one with `ser-study run STUDY.yaml`")
+    study_dir = paths.require_study_dir(study_dir)
     config = load_resolved_study(study_dir)
     config.check_inputs()
     check_services(config, address)
     tune_dir = _tune_storage_path(paths.tune_dir(study_dir))
+    if not tune.Tuner.can_restore(tune_dir):
+        raise UserError(f"{tune_dir} holds no Tune experiment state to resume; start the study again with `ser-study run`")
+    return _drive(study_dir, address, lambda: tune.Tuner.restore(tune_dir, trainable=_trainable(), resume_unfinished=True, resume_errored=False, restart_errored=False))
+
+
+def _drive(study_dir: str | Path, address: str | None, make_tuner: Callable[[], tune.Tuner]) -> tune.ResultGrid:
+    """Join or start Ray, start the study's cache coordinator, run the tuner to the end, write the report."""
     connect_ray(address)
     get_coordinator(str(paths.cache_dir(study_dir)))
-    if not tune.Tuner.can_restore(str(tune_dir)):
-        raise UserError(f"{tune_dir} holds no Tune experiment state to resume; start the study again with `ser-study run`")
-    tuner = tune.Tuner.restore(str(tune_dir), trainable=_trainable(), resume_unfinished=True, resume_errored=False, restart_errored=False)
-    results = tuner.fit()
+    results = make_tuner().fit()
     write_study_report(study_dir)
     return results

@@ -110,15 +110,10 @@ def _print_report(study_dir: str) -> None:
     print(f"MLflow UI: {ui_command(study_dir)}   (then open http://127.0.0.1:{DEFAULT_UI_PORT})")
 
 
-def _require_study(study_dir: str) -> None:
-    if not storage.is_file(paths.study_file(study_dir)):
-        raise UserError(f"{study_dir} is not a study directory (study.yaml is missing); start one with `ser-study run STUDY.yaml`")
-
-
 def run_report(args: argparse.Namespace) -> int:
     from study.report_command import write_study_report
 
-    _require_study(args.study_dir)
+    paths.require_study_dir(args.study_dir)
     print(write_study_report(args.study_dir))
     print(f"files: {paths.report_dir(args.study_dir)}")
     return 0
@@ -127,7 +122,7 @@ def run_report(args: argparse.Namespace) -> int:
 def run_ui(args: argparse.Namespace) -> int:
     from study.config import load_resolved_study
 
-    _require_study(args.study_dir)
+    paths.require_study_dir(args.study_dir)
     config = load_resolved_study(args.study_dir)
     # MLflow from this environment (not whichever `mlflow` is first on PATH), bound to loopback only.
     argv = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", config.tracking_uri(), "--host", "127.0.0.1", "--port", str(args.port)]
@@ -139,7 +134,7 @@ def run_ui(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     from study.predict import predict
 
-    _require_study(args.study_dir)
+    paths.require_study_dir(args.study_dir)
     for wav in args.wavs:
         if not wav.is_file():
             raise UserError(f"{wav} does not exist; give paths of audio files")
