@@ -25,7 +25,6 @@ import argparse
 import datetime
 import logging
 import os
-import platform
 import shlex
 import sys
 import time
@@ -36,6 +35,7 @@ import torch
 from sklearn.cluster import MiniBatchKMeans
 from sklearn.metrics import adjusted_rand_score
 
+from machine import describe_machine
 from trainables.atomic import atomic_write_text
 from trainables.kmeans import KMeansConfig, fit_kmeans, nearest_centroids
 
@@ -171,8 +171,7 @@ def main() -> None:
             "# k-means: ours (fit_kmeans, sklearn backend) vs the published MiniBatchKMeans",
             "",
             f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-            f"- machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-            f"os.cpu_count()={os.cpu_count()}, torch threads={torch.get_num_threads()}",
+            f"- machine: {describe_machine()}; torch threads={torch.get_num_threads()}",
             f"- command: `{command}`",
             f"- data: {frames.shape[0]:,} x {frames.shape[1]} generated frames (mixture of 300 anisotropic "
             "gaussians, float16 rounded, fitted as float32), seed "

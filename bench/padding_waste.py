@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 from pathlib import Path
 
 import numpy as np
 
+from machine import describe_machine
 from trainables.atomic import atomic_write_text
 from trainables.data.batching import BucketBatchSampler, padding_fraction
 from trainables.data.iemocap import simulated_durations
@@ -58,7 +58,7 @@ def main() -> None:
         [
             "# Padding waste: length-bucketed batches vs fixed-size random batches",
             "",
-            f"- date: {datetime.date.today().isoformat()}; machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}",
+            f"- date: {datetime.date.today().isoformat()}; machine: {describe_machine()}",
             "- command: `.venv/bin/python bench/padding_waste.py" + (f" --manifest {args.manifest}" if args.manifest else "") + "`",
             "- waste = padded samples / all samples in the padded batches, mean over 5 epochs;",
             "  random batches have the same number of steps per epoch as the bucketed ones.",

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -34,6 +33,7 @@ from typing import Any
 import ray
 import torch
 
+from machine import describe_machine
 from trainables.atomic import atomic_write_text
 from trainables.data.demo_corpus import DemoCorpusConfig, generate_demo_corpus
 from trainables.data.folds import build_fold
@@ -115,24 +115,6 @@ def spans(t: dict[str, float]) -> dict[str, float]:
     }
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = ""
-    try:
-        kb = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
-        memory = f", {kb / 2**20:.0f} GiB RAM"
-    except (OSError, StopIteration, ValueError):
-        pass
-    return f"{os.cpu_count()} CPU cores ({cpu}){memory}, no GPU; Python {platform.python_version()}, Ray {ray.__version__}, torch {torch.__version__}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=2, help="runs of each executor per workload")
@@ -205,7 +187,7 @@ def write_report(args, ray_init_s: float, runs, tasks, sizes) -> None:
         "# Ray Train orchestration overhead: RayExecutor vs LocalExecutor",
         "",
         f"- date: {datetime.date.today().isoformat()}",
-        f"- machine: {machine()}",
+        f"- machine: {describe_machine()}",
         f"- command: `{command}`",
         f"- phase: TAPT, tiny encoder (hidden 64, 4 layers), {args.epochs} epochs, smoke settings; a local Ray cluster started once "
         f"(`ray.init(num_cpus={os.cpu_count()}, include_dashboard=True)`: {ray_init_s:.1f} s, not counted below)",
