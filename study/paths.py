@@ -81,6 +81,11 @@ def trial_record(study_dir: str | Path, trial_id: str) -> StudyPath:
     return _join(study_dir, "trials", f"{trial_id}.json")
 
 
+def lost_trial_record(study_dir: str | Path, trial_id: str) -> StudyPath:
+    """Where the record of a trial that Tune's saved state does not know is set aside (see ``study.trial``)."""
+    return _join(study_dir, "trials", "lost", f"{trial_id}.json")
+
+
 def report_dir(study_dir: str | Path) -> StudyPath:
     return _join(study_dir, "report")
 

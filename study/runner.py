@@ -22,7 +22,8 @@ from study.errors import UserError
 from study.reachability import check_mlflow_server, check_ray_address
 from study.report_command import write_study_report
 from study.search import make_scheduler, make_search_alg
-from study.trial import run_trial
+from study.tracking import retire_lost_trials
+from study.trial import run_trial, set_aside_lost_records
 from trainables.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -157,5 +158,18 @@ def _drive(study_dir: str | Path, address: str | None, make_tuner: Callable[[], 
     connect_ray(address)
     get_coordinator(str(paths.cache_dir(study_dir)))
     results = make_tuner().fit()
+    _forget_lost_trials(study_dir, results)
     write_study_report(study_dir)
     return results
+
+
+def _forget_lost_trials(study_dir: str | Path, results: tune.ResultGrid) -> None:
+    """Set aside the records and MLflow runs of trials that Tune's saved state never knew (see ``set_aside_lost_records``)."""
+    known = {trial.trial_id for trial in tune.ExperimentAnalysis(results.experiment_path).trials}
+    lost = set_aside_lost_records(study_dir, known)
+    if lost:
+        config = load_resolved_study(study_dir)
+        try:
+            retire_lost_trials(config.tracking_uri(), config.name, [r["trial_id"] for r in lost])
+        except Exception:  # MLflow trouble never fails a finished study; the report does not read MLflow
+            logger.exception("could not delete the MLflow runs of the lost trials %s", [r["trial_id"] for r in lost])

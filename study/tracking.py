@@ -648,6 +648,27 @@ def _summary_from_runs(client: Any, experiment_id: str, metric: str, mode: str) 
 # ----------------------------------------------------------------------------
 
 
+def retire_lost_trials(uri: str, experiment: str, trial_ids: Sequence[str]) -> int:
+    """Delete (MLflow's soft delete) the runs of trials lost with an interrupted driver, and their fold runs.
+
+    They are tagged ``ser_study.status=lost`` first; ``mlflow gc`` or the UI's
+    "deleted" filter still shows them. Returns how many runs were deleted.
+    """
+    if not trial_ids:
+        return 0
+    client = get_client(uri)
+    experiment_id = ensure_experiment(uri, experiment)
+    runs = []
+    for trial_id in trial_ids:
+        for trial in _search(client, experiment_id, f"tags.`{KIND_TAG}` = 'trial' AND tags.`{TRIAL_ID_TAG}` = {_quote(trial_id)}"):
+            runs += [trial, *_search(client, experiment_id, f"tags.`{PARENT_TAG}` = {_quote(trial.info.run_id)}")]
+    for run in runs:
+        with_retries(client.set_tag, run.info.run_id, STATUS_TAG, "lost")
+        with_retries(client.delete_run, run.info.run_id)
+    logger.info("deleted %d MLflow run(s) of %d lost trial(s)", len(runs), len(trial_ids))
+    return len(runs)
+
+
 class TrialTracker:
     """The MLflow run of one trial, as the trial function uses it.
 

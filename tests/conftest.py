@@ -48,3 +48,14 @@ def small_manifest(small_corpus, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("manifest") / "manifest.csv"
     write_manifest(read_iemocap(small_corpus, get_label_set("4class")).utterances, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def reference_study(small_manifest, tiny_encoder, tmp_path_factory) -> Path:
+    """``study_runs.KILL_STUDY`` run once through the CLI, uninterrupted: what the fault and determinism tests compare with."""
+    from study_runs import KILL_STUDY, run_cli, study_args
+
+    study_dir = tmp_path_factory.mktemp("reference") / "study"
+    done = run_cli(*study_args(small_manifest, tiny_encoder, study_dir, *KILL_STUDY))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return study_dir

@@ -1,45 +1,23 @@
-"""Whole studies through the real command line: Ray Tune + Optuna, the shared cache, MLflow, report, resume."""
+"""Whole studies through the real command line: Ray Tune + Optuna, the shared cache, MLflow, report, predict, audit.
+
+Kills and resumes are in tests/test_faults.py, runs repeated for equality in tests/test_determinism.py.
+"""
 
 from __future__ import annotations
 
 import collections
-import json
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from study import paths
 from study.trial import read_trial_records
-
-SMOKE = Path(__file__).resolve().parents[1] / "search_spaces" / "smoke.yaml"
-
-
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "study.cli", *args]
-
-
-def study_args(manifest: Path, encoder: Path, study_dir: Path, *extra: str) -> list[str]:
-    """smoke.yaml on the small corpus with the tiny test encoder: one epoch per phase, two folds."""
-    sets = [
-        f"name=e2e-{study_dir.name}",
-        f"data.manifest={manifest}",
-        f"encoder={encoder}",
-        "folds=[1, 2]",
-        "phases.epochs=1",
-        "phases.kmeans.max_fit_frames=5000",
-        "search.space.layer={choice: [2]}",
-        *extra,
-    ]
-    return ["run", str(SMOKE), "--study-dir", str(study_dir)] + [item for s in sets for item in ("--set", s)]
+from study_runs import cache_events, cli, study_args
 
 
 def built_phases(study_dir: Path) -> collections.Counter:
-    events = [json.loads(p.read_text()) for p in sorted((paths.cache_dir(study_dir) / "events").glob("*.json"))]
+    events = cache_events(study_dir)
     built = [(e["phase"], e["key"]) for e in events if e["event"] == "built"]
     assert len(built) == len(set(built)), f"an artifact was built twice: {built}"
     return collections.Counter(phase for phase, _ in built)
@@ -114,31 +92,6 @@ def _first_wav(manifest: Path) -> Path:
 
     with open(manifest, newline="") as handle:
         return Path(next(csv.DictReader(handle))["path"])
-
-
-def test_a_study_killed_mid_way_resumes_without_redoing_work(small_manifest, tiny_encoder, tmp_path):
-    study_dir = tmp_path / "study"
-    args = study_args(small_manifest, tiny_encoder, study_dir, "search.space.clusters={choice: [4, 5]}",
-                      "search.algorithm=grid", "search.num_trials=3", "search.max_concurrent=1")
-    driver = subprocess.Popen(cli(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 600
-    while not any(r["status"] == "complete" for r in read_trial_records(study_dir)):
-        assert driver.poll() is None, "the study ended before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started, at once
-    driver.wait()
-    first = {r["trial_id"]: r for r in read_trial_records(study_dir) if r["status"] == "complete"}
-
-    resumed = subprocess.run(cli("resume", str(study_dir)), capture_output=True, text=True, timeout=900)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    records = [r for r in read_trial_records(study_dir) if r["status"] == "complete"]
-    assert len(records) == 3
-    for trial_id, record in first.items():  # finished trials were not run again
-        again = next(r for r in records if r["trial_id"] == trial_id)
-        assert again["started"] == record["started"] and again["finished"] == record["finished"]
-    built_phases(study_dir)  # no artifact built twice across the kill
-    assert "Study report" in resumed.stdout
 
 
 @pytest.mark.parametrize(

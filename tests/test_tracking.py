@@ -255,3 +255,30 @@ def test_two_processes_log_concurrently(tmp_path):
     assert all(r.info.status == "FINISHED" for r in runs)
     assert len(folds) == 4
     assert {r.data.tags["mlflow.parentRunId"] for r in folds} == {r.info.run_id for r in trials}
+
+
+def test_a_trial_lost_with_an_interrupted_driver_leaves_the_records_and_mlflow(tmp_path):
+    import json
+
+    from study import paths
+    from study.trial import read_trial_records, set_aside_lost_records
+
+    uri = tracking.tracking_uri_for(str(tmp_path), None)
+    kept = log_trial(uri, "kept1", [(0.6, 0.5)])
+    lost = log_trial(uri, "lost1", [(0.4, 0.3), (0.5, 0.4)])
+    (tmp_path / "trials").mkdir()
+    for trial_id in ("kept1", "lost1"):
+        (tmp_path / "trials" / f"{trial_id}.json").write_text(json.dumps(make_record(trial_id, [make_fold(1, 0.5, 0.5)], status="error")))
+
+    moved = set_aside_lost_records(tmp_path, {"kept1", "another"})
+    assert [r["trial_id"] for r in moved] == ["lost1"]
+    assert [r["trial_id"] for r in read_trial_records(tmp_path)] == ["kept1"]
+    assert json.loads(Path(paths.lost_trial_record(tmp_path, "lost1")).read_text())["trial_id"] == "lost1"
+
+    assert tracking.retire_lost_trials(uri, "smoke", ["lost1"]) == 3  # the trial run and its two fold runs
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("smoke")
+    active = client.search_runs([experiment.experiment_id])
+    assert {r.info.run_id for r in active if r.data.tags.get("ser_study.kind") == "trial"} == {kept}
+    assert client.get_run(lost).info.lifecycle_stage == "deleted" and client.get_run(lost).data.tags["ser_study.status"] == "lost"
+    assert tracking.retire_lost_trials(uri, "smoke", []) == 0

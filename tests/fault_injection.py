@@ -1,0 +1,69 @@
+"""Faults injected into Ray's worker processes through Ray's own ``worker_process_setup_hook`` (tests only).
+
+A test starts Ray with::
+
+    ray.init(runtime_env=fault_runtime_env("oom_in_finetune", pooling="average"))
+
+and every worker Ray starts for it (trials, fold tasks, Ray Train workers)
+first runs the named hook below, which wraps one real phase so that it fails
+the way a real fault would. The hook's settings travel as environment
+variables ``SER_STUDY_FAULT_<NAME>``. Nothing in ``study/`` or ``trainables/``
+knows about this module.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+SETTING_PREFIX = "SER_STUDY_FAULT_"
+INJECTED_MESSAGE = "CUDA out of memory. Tried to allocate 20.00 GiB (injected by tests/fault_injection.py)"
+
+
+def fault_runtime_env(hook: str, **settings: str) -> dict[str, Any]:
+    """A Ray ``runtime_env`` whose workers import this module and run ``hook`` (with ``settings``) before any task."""
+    here = str(Path(__file__).resolve().parent)
+    python_path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
+    env = {f"{SETTING_PREFIX}{name.upper()}": str(value) for name, value in settings.items()}
+    return {"worker_process_setup_hook": f"fault_injection.{hook}", "env_vars": {"PYTHONPATH": python_path, **env}}
+
+
+def _setting(name: str) -> str:
+    return os.environ[f"{SETTING_PREFIX}{name.upper()}"]
+
+
+def oom_in_finetune() -> None:
+    """Setup hook: fine-tuning with the pooling given as ``pooling`` runs out of memory."""
+    import torch
+
+    from trainables import executors
+
+    pooling = _setting("pooling")
+    real = executors.TRAINING_PHASES["finetune"]
+
+    def finetune(**kwargs: Any) -> Any:
+        if kwargs.get("pooling") == pooling:
+            raise torch.OutOfMemoryError(INJECTED_MESSAGE)
+        return real(**kwargs)
+
+    executors.TRAINING_PHASES["finetune"] = finetune
+
+
+def kill_a_tapt_worker_once() -> None:
+    """Setup hook: the first Ray Train worker group running TAPT loses rank 0 (``os._exit``) after epoch 0's checkpoint.
+
+    Uses :class:`trainables.ray_train.FailOnce`; ``marker`` (a file every worker
+    sees) records that the kill happened, so the restarted group runs through.
+    """
+    from trainables import ray_train
+
+    marker = _setting("marker")
+    real = ray_train.RayExecutor.train
+
+    def train(self, phase: str, out: Path, **kwargs: Any):
+        if phase == "tapt":
+            self.fail_once = ray_train.FailOnce(after_epoch=0, marker=marker)
+        return real(self, phase, out, **kwargs)
+
+    ray_train.RayExecutor.train = train
