@@ -89,9 +89,10 @@ def get_coordinator(cache_root: str, lease_seconds: float = DEFAULT_LEASE_SECOND
 class LeaseClient:
     """What :class:`study.cache.ArtifactCache` uses to wait for, or take, a build."""
 
-    def __init__(self, actor, lease_seconds: float = DEFAULT_LEASE_SECONDS, poll_seconds: float = POLL_SECONDS):
+    def __init__(self, actor, lease_seconds: float = DEFAULT_LEASE_SECONDS, poll_seconds: float = POLL_SECONDS, owner: str | None = None):
         self.actor = actor
-        self.owner = uuid.uuid4().hex
+        # A retried Ray task passes the same owner as its first attempt, so it takes its own lease back at once.
+        self.owner = owner or uuid.uuid4().hex
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
 

@@ -45,6 +45,10 @@ from trainables.phases.settings import Candidate
 logger = logging.getLogger(__name__)
 
 SEARCHED = ("layer", "clusters", "mask_ratio", "pooling")
+#: Attempts after the first for a fold whose worker process or node died (a preempted node, the OOM killer).
+#: A phase that raises is not retried (Ray's retry_exceptions is off): the trial fails with its cause.
+#: A retry finds the phases already built in the cache and resumes the interrupted one from its checkpoint.
+FOLD_TASK_RETRIES = 2
 
 
 def candidate_of(config: dict[str, Any]) -> Candidate:
@@ -60,7 +64,9 @@ def _run_fold(study_dir: str, test_session: int, candidate: Candidate) -> dict[s
     study = load_resolved_study(study_dir)
     utterances = read_manifest(study.data.manifest)
     cache_root = str(paths.cache_dir(study_dir))  # a URI for a remote study: artifacts are copied to this node's local cache
-    cache = ArtifactCache(cache_root, leases=LeaseClient(get_coordinator(cache_root)))
+    # The task id is the same in every attempt of this task: a retry holds the lease its dead attempt held.
+    owner = f"fold-task-{ray.get_runtime_context().get_task_id()}"
+    cache = ArtifactCache(cache_root, leases=LeaseClient(get_coordinator(cache_root), owner=owner))
     if study.resources.executor == "ray":
         from trainables.ray_train import RayExecutor
 
@@ -92,7 +98,7 @@ def _fold_task(study: StudyConfig):
     else:
         resources = {"num_cpus": study.resources.cpus_per_fold, "num_gpus": study.resources.gpus_per_fold}
     return ray.remote(_run_fold).options(
-        **resources, max_retries=0, scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None)
+        **resources, max_retries=FOLD_TASK_RETRIES, scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None)
     )
 
 

@@ -67,3 +67,22 @@ def kill_a_tapt_worker_once() -> None:
         return real(self, phase, out, **kwargs)
 
     ray_train.RayExecutor.train = train
+
+
+def kill_a_fold_worker_once() -> None:
+    """Setup hook: the worker process running the first fine-tuning dies (``os._exit``), as under the OOM killer.
+
+    ``marker`` (a file) records that it happened, so the retried fold runs through.
+    """
+    from trainables import executors
+
+    marker = Path(_setting("marker"))
+    real = executors.TRAINING_PHASES["finetune"]
+
+    def finetune(**kwargs: Any) -> Any:
+        if not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os._exit(1)
+        return real(**kwargs)
+
+    executors.TRAINING_PHASES["finetune"] = finetune

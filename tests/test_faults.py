@@ -92,6 +92,32 @@ def test_a_ray_train_worker_killed_mid_phase_resumes_from_its_checkpoint_and_the
     assert tapt["results"]["resumed_from_epoch"] in (0, None) and len(tapt["results"]["history"]) == 2
 
 
+def test_a_fold_whose_worker_process_dies_is_retried_and_takes_its_lease_back(small_manifest, tiny_encoder, tmp_path, capsys):
+    import ray
+
+    from study import paths as study_paths
+    from study.cli import main
+    from study.coordinator import get_coordinator
+
+    study_dir, marker = tmp_path / "study", tmp_path / "killed"
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
+             runtime_env=fault_runtime_env("kill_a_fold_worker_once", marker=str(marker)))
+    try:  # the fold's process dies while it holds the lease on its fine-tuning artifact
+        code = main(study_args(small_manifest, tiny_encoder, study_dir, "folds=[1]", "search.space.clusters={choice: [4]}",
+                               "search.space.pooling={choice: [attention]}", "search.algorithm=grid", "search.num_trials=1"))
+        stats = ray.get(get_coordinator(str(study_paths.cache_dir(study_dir))).get_stats.remote())
+    finally:
+        ray.shutdown()
+
+    assert code == 0, capsys.readouterr().err[-3000:]
+    assert marker.is_file(), "the fold's worker was never killed"
+    (record,) = read_trial_records(study_dir)
+    assert record["status"] == "complete" and record["folds"][0]["built"] == ["finetune"]  # the retry found the rest cached
+    built = collections.Counter(e["phase"] for e in cache_events(study_dir) if e["event"] == "built")
+    assert built == {"tapt": 1, "embeddings": 1, "clustering": 1, "cpt": 1, "finetune": 1}
+    assert stats["expired"] == 0 and stats["waited"] == 0  # the retry did not wait out its dead attempt's lease
+
+
 def test_an_artifact_damaged_on_disk_is_not_reused_but_rebuilt(reference_study, small_manifest, tiny_encoder, tmp_path):
     # A copy of the reference study's cache, where one fold's pseudo labels lose their tail; the record still parses.
     cache = tmp_path / "cache"
