@@ -166,10 +166,9 @@ def _drive(study_dir: str | Path, address: str | None, make_tuner: Callable[[], 
 def _forget_lost_trials(study_dir: str | Path, results: tune.ResultGrid) -> None:
     """Set aside the records and MLflow runs of trials that Tune's saved state never knew (see ``set_aside_lost_records``)."""
     known = {trial.trial_id for trial in tune.ExperimentAnalysis(results.experiment_path).trials}
-    lost = set_aside_lost_records(study_dir, known)
-    if lost:
-        config = load_resolved_study(study_dir)
-        try:
-            retire_lost_trials(config.tracking_uri(), config.name, [r["trial_id"] for r in lost])
-        except Exception:  # MLflow trouble never fails a finished study; the report does not read MLflow
-            logger.exception("could not delete the MLflow runs of the lost trials %s", [r["trial_id"] for r in lost])
+    set_aside_lost_records(study_dir, known)
+    config = load_resolved_study(study_dir)
+    try:
+        retire_lost_trials(config.tracking_uri(), config.name, str(config.storage.study_dir), known)  # as run_trial tags it
+    except Exception:  # MLflow trouble never fails a finished study; the report does not read MLflow
+        logger.exception("could not look for, or delete, the MLflow runs of lost trials")

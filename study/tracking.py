@@ -51,6 +51,8 @@ KIND_TAG = "ser_study.kind"
 TRIAL_ID_TAG = "ser_study.trial_id"
 STUDY_TAG = "ser_study.study"
 STATUS_TAG = "ser_study.status"
+#: The study directory a trial run belongs to (experiments are named after studies, and names can repeat).
+STUDY_DIR_TAG = "ser_study.study_dir"
 SESSION_TAG = "ser_study.test_session"
 PARENT_TAG = "mlflow.parentRunId"
 SUMMARY_RUN_NAME = "study-summary"
@@ -648,25 +650,27 @@ def _summary_from_runs(client: Any, experiment_id: str, metric: str, mode: str) 
 # ----------------------------------------------------------------------------
 
 
-def retire_lost_trials(uri: str, experiment: str, trial_ids: Sequence[str]) -> int:
-    """Delete (MLflow's soft delete) the runs of trials lost with an interrupted driver, and their fold runs.
+def retire_lost_trials(uri: str, experiment: str, study_dir: str, known_trial_ids: set[str]) -> list[str]:
+    """Delete (MLflow's soft delete) the runs of ``study_dir``'s trials that Tune does not know, with their fold runs.
 
-    They are tagged ``ser_study.status=lost`` first; ``mlflow gc`` or the UI's
-    "deleted" filter still shows them. Returns how many runs were deleted.
+    A trial lost with an interrupted driver may have opened its run without
+    ever writing a record, so the runs are found in MLflow itself: trial runs
+    tagged with this study directory whose trial id is not in
+    ``known_trial_ids``. They are tagged ``ser_study.status=lost`` first
+    (the UI's "deleted" filter still shows them). Returns the lost trial ids.
     """
-    if not trial_ids:
-        return 0
     client = get_client(uri)
     experiment_id = ensure_experiment(uri, experiment)
-    runs = []
-    for trial_id in trial_ids:
-        for trial in _search(client, experiment_id, f"tags.`{KIND_TAG}` = 'trial' AND tags.`{TRIAL_ID_TAG}` = {_quote(trial_id)}"):
-            runs += [trial, *_search(client, experiment_id, f"tags.`{PARENT_TAG}` = {_quote(trial.info.run_id)}")]
-    for run in runs:
-        with_retries(client.set_tag, run.info.run_id, STATUS_TAG, "lost")
-        with_retries(client.delete_run, run.info.run_id)
-    logger.info("deleted %d MLflow run(s) of %d lost trial(s)", len(runs), len(trial_ids))
-    return len(runs)
+    trials = _search(client, experiment_id, f"tags.`{KIND_TAG}` = 'trial' AND tags.`{STUDY_DIR_TAG}` = {_quote(study_dir)}")
+    lost = [t for t in trials if t.data.tags.get(TRIAL_ID_TAG) not in known_trial_ids]
+    for trial in lost:
+        for run in [trial, *_search(client, experiment_id, f"tags.`{PARENT_TAG}` = {_quote(trial.info.run_id)}")]:
+            with_retries(client.set_tag, run.info.run_id, STATUS_TAG, "lost")
+            with_retries(client.delete_run, run.info.run_id)
+    ids = sorted(t.data.tags.get(TRIAL_ID_TAG, "") for t in lost)
+    if ids:
+        logger.warning("deleted the MLflow runs of %d trial(s) lost with an interrupted driver: %s", len(ids), ids)
+    return ids
 
 
 class TrialTracker:

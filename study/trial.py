@@ -35,7 +35,7 @@ from study.cache import ArtifactCache
 from study.chain import FoldResult, run_fold_chain
 from study.config import StudyConfig, load_resolved_study
 from study.coordinator import LeaseClient, get_coordinator
-from study.tracking import TrialTracker
+from study.tracking import STUDY_DIR_TAG, TrialTracker
 from trainables.data.folds import build_fold
 from trainables.data.manifest import read_manifest
 from trainables.metrics import aggregate
@@ -143,7 +143,8 @@ def run_trial(config: dict[str, Any]) -> None:
     }
     metadata = study.report_metadata(utterances)
     tracker = TrialTracker(study.tracking_uri(), study.name)  # MLflow trouble is logged, never fails the trial
-    tracker.start(trial_id, record["params"], fixed={"phases": to_plain(study.phase_settings()), "folds": sessions, "encoder": study.encoder})
+    tracker.start(trial_id, record["params"], tags={STUDY_DIR_TAG: str(study.storage.study_dir)},
+                  fixed={"phases": to_plain(study.phase_settings()), "folds": sessions, "encoder": study.encoder})
     task = _fold_task(study)
     pending = {session: task.remote(study_dir, session, candidate) for session in sessions}
     running: dict[str, float] = {}

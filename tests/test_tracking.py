@@ -264,21 +264,25 @@ def test_a_trial_lost_with_an_interrupted_driver_leaves_the_records_and_mlflow(t
     from study.trial import read_trial_records, set_aside_lost_records
 
     uri = tracking.tracking_uri_for(str(tmp_path), None)
-    kept = log_trial(uri, "kept1", [(0.6, 0.5)])
-    lost = log_trial(uri, "lost1", [(0.4, 0.3), (0.5, 0.4)])
+    here, elsewhere = {tracking.STUDY_DIR_TAG: str(tmp_path)}, {tracking.STUDY_DIR_TAG: "/another/study"}
+    kept = tracking.start_trial(uri, "smoke", "kept1", {"layer": 2}, here)
+    lost = tracking.start_trial(uri, "smoke", "lost1", {"layer": 2}, here)  # opened its run, never wrote a record
+    tracking.log_fold(lost, make_fold(1, 0.4, 0.3), CLASSES)
+    other = tracking.start_trial(uri, "smoke", "other1", {"layer": 2}, elsewhere)  # another study of the same name
     (tmp_path / "trials").mkdir()
-    for trial_id in ("kept1", "lost1"):
+    for trial_id in ("kept1", "gone1"):
         (tmp_path / "trials" / f"{trial_id}.json").write_text(json.dumps(make_record(trial_id, [make_fold(1, 0.5, 0.5)], status="error")))
 
     moved = set_aside_lost_records(tmp_path, {"kept1", "another"})
-    assert [r["trial_id"] for r in moved] == ["lost1"]
+    assert [r["trial_id"] for r in moved] == ["gone1"]
     assert [r["trial_id"] for r in read_trial_records(tmp_path)] == ["kept1"]
-    assert json.loads(Path(paths.lost_trial_record(tmp_path, "lost1")).read_text())["trial_id"] == "lost1"
+    assert json.loads(Path(paths.lost_trial_record(tmp_path, "gone1")).read_text())["trial_id"] == "gone1"
 
-    assert tracking.retire_lost_trials(uri, "smoke", ["lost1"]) == 3  # the trial run and its two fold runs
+    assert tracking.retire_lost_trials(uri, "smoke", str(tmp_path), {"kept1"}) == ["lost1"]
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("smoke")
-    active = client.search_runs([experiment.experiment_id])
-    assert {r.info.run_id for r in active if r.data.tags.get("ser_study.kind") == "trial"} == {kept}
+    active = {r.info.run_id for r in client.search_runs([experiment.experiment_id])}
+    assert kept in active and other in active and lost not in active
+    assert not [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("mlflow.parentRunId") == lost]
     assert client.get_run(lost).info.lifecycle_stage == "deleted" and client.get_run(lost).data.tags["ser_study.status"] == "lost"
-    assert tracking.retire_lost_trials(uri, "smoke", []) == 0
+    assert tracking.retire_lost_trials(uri, "smoke", str(tmp_path), {"kept1"}) == []
