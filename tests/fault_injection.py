@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 SETTING_PREFIX = "SER_STUDY_FAULT_"
 INJECTED_MESSAGE = "CUDA out of memory. Tried to allocate 20.00 GiB (injected by tests/fault_injection.py)"
@@ -33,21 +33,30 @@ def _setting(name: str) -> str:
     return os.environ[f"{SETTING_PREFIX}{name.upper()}"]
 
 
+def _before_finetune(fault: Callable[[dict[str, Any]], None]) -> None:
+    """Run ``fault(kwargs)`` at the start of every fine-tuning this process runs (it may raise or exit)."""
+    from trainables import executors
+
+    real = executors.TRAINING_PHASES["finetune"]
+
+    def finetune(**kwargs: Any) -> Any:
+        fault(kwargs)
+        return real(**kwargs)
+
+    executors.TRAINING_PHASES["finetune"] = finetune
+
+
 def oom_in_finetune() -> None:
     """Setup hook: fine-tuning with the pooling given as ``pooling`` runs out of memory."""
     import torch
 
-    from trainables import executors
-
     pooling = _setting("pooling")
-    real = executors.TRAINING_PHASES["finetune"]
 
-    def finetune(**kwargs: Any) -> Any:
+    def fault(kwargs: dict[str, Any]) -> None:
         if kwargs.get("pooling") == pooling:
             raise torch.OutOfMemoryError(INJECTED_MESSAGE)
-        return real(**kwargs)
 
-    executors.TRAINING_PHASES["finetune"] = finetune
+    _before_finetune(fault)
 
 
 def kill_a_tapt_worker_once() -> None:
@@ -74,15 +83,11 @@ def kill_a_fold_worker_once() -> None:
 
     ``marker`` (a file) records that it happened, so the retried fold runs through.
     """
-    from trainables import executors
-
     marker = Path(_setting("marker"))
-    real = executors.TRAINING_PHASES["finetune"]
 
-    def finetune(**kwargs: Any) -> Any:
+    def fault(kwargs: dict[str, Any]) -> None:
         if not marker.exists():
             marker.write_text(str(os.getpid()))
             os._exit(1)
-        return real(**kwargs)
 
-    executors.TRAINING_PHASES["finetune"] = finetune
+    _before_finetune(fault)

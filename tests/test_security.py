@@ -14,7 +14,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +22,8 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+
+from study_runs import cli
 
 REPO = Path(__file__).resolve().parents[1]
 CODE_DIRS = ("study", "trainables", "bench")
@@ -91,8 +92,7 @@ def test_the_mlflow_ui_of_a_study_listens_on_loopback_only(small_manifest, tiny_
         port = probe.getsockname()[1]
     log = tmp_path / "ui.log"
     with open(log, "w") as output:
-        ui = subprocess.Popen([sys.executable, "-m", "study.cli", "ui", str(study_dir), "--port", str(port)],
-                              stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        ui = subprocess.Popen(cli("ui", str(study_dir), "--port", str(port)), stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while not (hosts := _listening_hosts(port)):
