@@ -59,21 +59,21 @@ def oom_in_finetune() -> None:
     _before_finetune(fault)
 
 
-def kill_a_tapt_worker_once() -> None:
-    """Setup hook: the first Ray Train worker group running TAPT loses rank 0 (``os._exit``) after epoch 0's checkpoint.
+def kill_a_ray_train_worker_once() -> None:
+    """Setup hook: the first Ray Train worker group running the phase ``phase`` loses rank 0 (``os._exit``) after epoch 0's checkpoint.
 
     Uses :class:`trainables.ray_train.FailOnce`; ``marker`` (a file every worker
     sees) records that the kill happened, so the restarted group runs through.
     """
     from trainables import ray_train
 
-    marker = _setting("marker")
+    phase, marker = _setting("phase"), _setting("marker")
     real = ray_train.RayExecutor.train
 
-    def train(self, phase: str, out: Path, **kwargs: Any):
-        if phase == "tapt":
+    def train(self, name: str, out: Path, **kwargs: Any):
+        if name == phase:
             self.fail_once = ray_train.FailOnce(after_epoch=0, marker=marker)
-        return real(self, phase, out, **kwargs)
+        return real(self, name, out, **kwargs)
 
     ray_train.RayExecutor.train = train
 

@@ -210,6 +210,7 @@ CASES = [
     Case("study-unknown-pooling", lambda env: study(env, "search.space.pooling={choice: [max]}"), ("search.space.pooling", "max"), ("study",)),
     Case("study-mask-ratio-above-1", lambda env: study(env, "search.space.mask_ratio=1.5"), ("search.space.mask_ratio", "1.5"), ("study",)),
     Case("study-mask-ratio-zero", lambda env: study(env, "search.space.mask_ratio=0"), ("search.space.mask_ratio",), ("study",)),
+    Case("study-negative-learning-rate", lambda env: study(env, "phases.tapt.train.lr=-1"), ("phases.tapt.train", "must be positive", "phases.tapt.train.lr=-1"), ("study",)),
     Case("study-layer-beyond-depth", lambda env: study(env, "search.space.layer={choice: [2, 9]}"), ("search.space.layer", "9", "3 transformer layers"), ("study",)),
     Case("study-more-clusters-than-frames", lambda env: study(env, "search.space.clusters={choice: [4, 40000]}"), ("search.space.clusters", "K=40000", "frames k-means sees", "lower K"), ("study",)),
     Case("study-empty-fold", lambda env: study(env, "folds=[1, 7]"), ("folds", "[7]", "no utterances"), ("study",)),

@@ -1,9 +1,11 @@
-"""Faults during a study: a phase that raises, an artifact damaged on disk, a driver killed (SIGKILL) and resumed.
+"""Faults during a study: a phase that raises, a worker that dies, an artifact damaged on disk, a driver killed (SIGKILL) and resumed.
 
 Each study is ``smoke.yaml`` on the small corpus with the tiny encoder (one
 epoch per phase, two folds). The SIGKILL study is compared with an
-uninterrupted run of the same study file and seed (see also
-``tests/test_determinism.py``, which shares that run).
+uninterrupted run of the same study file and seed, the ``reference_study``
+fixture (see also ``tests/test_determinism.py``, which shares that run). The
+other studies start from a copy of the reference study's phase cache, so they
+build only the phase their fault is about.
 """
 
 from __future__ import annotations
@@ -27,19 +29,33 @@ from study_runs import KILL_STUDY, PROVENANCE_COLUMNS, TIME_COLUMNS, cache_event
 pytestmark = pytest.mark.slow
 
 
-def test_a_phase_that_raises_fails_its_trial_with_the_cause_and_the_others_go_on(small_manifest, tiny_encoder, tmp_path, capsys):
+def reference_cache_copy(reference_study: Path, tmp_path: Path) -> Path:
+    """A private copy of the reference study's phase artifacts (not its event log, so a test's events are its own).
+
+    A test's study finds every phase it shares with the reference study cached.
+    """
+    cache = tmp_path / "cache"
+    shutil.copytree(paths.cache_dir(reference_study), cache, ignore=shutil.ignore_patterns("events"))
+    return cache
+
+
+def built_phases(study_dir: Path) -> collections.Counter:
+    return collections.Counter(e["phase"] for e in cache_events(study_dir) if e["event"] == "built")
+
+
+def test_a_phase_that_raises_fails_its_trial_with_the_cause_and_the_others_go_on(reference_study, small_manifest, tiny_encoder, tmp_path, capsys):
     import ray
 
     from study.cli import main
 
-    study_dir = tmp_path / "study"
+    study_dir, cache = tmp_path / "study", reference_cache_copy(reference_study, tmp_path)
     # Every Ray worker of this study runs the hook first: fine-tuning with average pooling runs out of memory.
     # `ser-study run` joins the Ray instance already started in this process.
     ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
              runtime_env=fault_runtime_env("oom_in_finetune", pooling="average"))
-    try:
+    try:  # the reference study left every phase of the attention trial cached; the average trial fine-tunes
         code = main(study_args(small_manifest, tiny_encoder, study_dir, "search.space.clusters={choice: [4]}", "search.algorithm=grid",
-                               "search.num_trials=2", "search.max_concurrent=1"))
+                               "search.num_trials=2", "search.max_concurrent=1", f"storage.cache_dir={cache}"))
     finally:
         ray.shutdown()
 
@@ -53,7 +69,7 @@ def test_a_phase_that_raises_fails_its_trial_with_the_cause_and_the_others_go_on
     assert failed["status"] == "error" and "OutOfMemoryError" in failed["error"] and INJECTED_MESSAGE in failed["error"]
     assert records[0] is failed, "the failing trial ran first, so the other one went on after it"
 
-    # The failed trial is in the report and in MLflow with its cause; the phases both trials share were built once.
+    # The failed trial is in the report and in MLflow with its cause; no average fine-tuning artifact was left.
     report = (paths.report_dir(study_dir) / "report.md").read_text()
     assert "OutOfMemoryError" in report and "1 complete" in report and "1 error" in report
     from mlflow.tracking import MlflowClient
@@ -63,48 +79,51 @@ def test_a_phase_that_raises_fails_its_trial_with_the_cause_and_the_others_go_on
     trial_runs = {r.data.params["pooling"]: r for r in client.search_runs([experiment.experiment_id], "tags.`ser_study.kind` = 'trial'")}
     assert trial_runs["average"].info.status == "FAILED" and "OutOfMemoryError" in trial_runs["average"].data.tags["error"]
     assert trial_runs["attention"].info.status == "FINISHED"
-    built = collections.Counter(e["phase"] for e in cache_events(study_dir) if e["event"] == "built")
-    assert built == {"tapt": 2, "embeddings": 2, "clustering": 2, "cpt": 2, "finetune": 2}  # no average fine-tuning
+    assert built_phases(study_dir) == {}
+    finetunes = [json.loads(p.read_text()) for p in (cache / "finetune").glob("*/record.json")]
+    assert finetunes and all(r["params"]["pooling"] == "attention" for r in finetunes)
 
 
-def test_a_ray_train_worker_killed_mid_phase_resumes_from_its_checkpoint_and_the_trial_completes(small_manifest, tiny_encoder, tmp_path, capsys):
+def test_a_ray_train_worker_killed_mid_phase_resumes_from_its_checkpoint_and_the_trial_completes(reference_study, small_manifest, tiny_encoder, tmp_path, capsys):
     import ray
 
     from study.cli import main
 
-    study_dir, marker = tmp_path / "study", tmp_path / "killed"
+    study_dir, marker, cache = tmp_path / "study", tmp_path / "killed", reference_cache_copy(reference_study, tmp_path)
     ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
-             runtime_env=fault_runtime_env("kill_a_tapt_worker_once", marker=str(marker)))
-    try:  # phases on Ray Train (TorchTrainer, one worker, one restart allowed), one fold, two epochs
-        code = main(study_args(small_manifest, tiny_encoder, study_dir, "folds=[1]", "phases.epochs=2", "resources.executor=ray",
+             runtime_env=fault_runtime_env("kill_a_ray_train_worker_once", phase="finetune", marker=str(marker)))
+    try:  # phases on Ray Train (TorchTrainer, one worker, one restart allowed), one fold; fine-tuning, two epochs, is the one not cached
+        code = main(study_args(small_manifest, tiny_encoder, study_dir, "folds=[1]", "phases.finetune.train.epochs=2", "resources.executor=ray",
                                "resources.train.workers=1", "resources.train.max_failures=1", "search.space.clusters={choice: [4]}",
-                               "search.space.pooling={choice: [attention]}", "search.algorithm=grid", "search.num_trials=1"))
+                               "search.space.pooling={choice: [attention]}", "search.algorithm=grid", "search.num_trials=1",
+                               f"storage.cache_dir={cache}"))
     finally:
         ray.shutdown()
 
     assert code == 0, capsys.readouterr().err[-3000:]
-    assert marker.is_file(), "the TAPT worker was never killed"
+    assert marker.is_file(), "the fine-tuning worker was never killed"
     (record,) = read_trial_records(study_dir)
-    assert record["status"] == "complete" and record["folds_done"] == 1
-    tapt = json.loads((paths.cache_dir(study_dir) / "tapt" / record["folds"][0]["artifacts"]["tapt"] / "record.json").read_text())
+    assert record["status"] == "complete" and record["folds_done"] == 1 and record["folds"][0]["built"] == ["finetune"]
+    finetune = json.loads((cache / "finetune" / record["folds"][0]["artifacts"]["finetune"] / "record.json").read_text())
     # Resumed from epoch 0's checkpoint; under heavy load Ray Train V2 may not have registered it before the
     # worker died, and the restarted group then starts over (tests/test_ray_train.py pins the resume itself).
-    assert tapt["results"]["resumed_from_epoch"] in (0, None) and len(tapt["results"]["history"]) == 2
+    assert finetune["results"]["resumed_from_epoch"] in (0, None) and len(finetune["results"]["history"]) == 2
 
 
-def test_a_fold_whose_worker_process_dies_is_retried_and_takes_its_lease_back(small_manifest, tiny_encoder, tmp_path, capsys):
+def test_a_fold_whose_worker_process_dies_is_retried_and_takes_its_lease_back(reference_study, small_manifest, tiny_encoder, tmp_path, capsys):
     import ray
 
     from study import paths as study_paths
     from study.cli import main
     from study.coordinator import get_coordinator
 
-    study_dir, marker = tmp_path / "study", tmp_path / "killed"
+    study_dir, marker, cache = tmp_path / "study", tmp_path / "killed", reference_cache_copy(reference_study, tmp_path)
     ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
              runtime_env=fault_runtime_env("kill_a_fold_worker_once", marker=str(marker)))
-    try:  # the fold's process dies while it holds the lease on its fine-tuning artifact
+    try:  # the fold's process dies while it holds the lease on its fine-tuning artifact (the rest is cached)
         code = main(study_args(small_manifest, tiny_encoder, study_dir, "folds=[1]", "search.space.clusters={choice: [4]}",
-                               "search.space.pooling={choice: [attention]}", "search.algorithm=grid", "search.num_trials=1"))
+                               "search.space.pooling={choice: [average]}", "search.algorithm=grid", "search.num_trials=1",
+                               f"storage.cache_dir={cache}"))
         stats = ray.get(get_coordinator(str(study_paths.cache_dir(study_dir))).get_stats.remote())
     finally:
         ray.shutdown()
@@ -113,15 +132,13 @@ def test_a_fold_whose_worker_process_dies_is_retried_and_takes_its_lease_back(sm
     assert marker.is_file(), "the fold's worker was never killed"
     (record,) = read_trial_records(study_dir)
     assert record["status"] == "complete" and record["folds"][0]["built"] == ["finetune"]  # the retry found the rest cached
-    built = collections.Counter(e["phase"] for e in cache_events(study_dir) if e["event"] == "built")
-    assert built == {"tapt": 1, "embeddings": 1, "clustering": 1, "cpt": 1, "finetune": 1}
+    assert built_phases(study_dir) == {"finetune": 1}
     assert stats["expired"] == 0 and stats["waited"] == 0  # the retry did not wait out its dead attempt's lease
 
 
 def test_an_artifact_damaged_on_disk_is_not_reused_but_rebuilt(reference_study, small_manifest, tiny_encoder, tmp_path):
     # A copy of the reference study's cache, where one fold's pseudo labels lose their tail; the record still parses.
-    cache = tmp_path / "cache"
-    shutil.copytree(paths.cache_dir(reference_study), cache)
+    cache = reference_cache_copy(reference_study, tmp_path)
     (before,) = [r for r in read_trial_records(reference_study) if r["params"]["clusters"] == 4]
     key = before["folds"][0]["artifacts"]["clustering"]
     labels = cache / "clustering" / key / "labels.npy"
@@ -134,8 +151,8 @@ def test_an_artifact_damaged_on_disk_is_not_reused_but_rebuilt(reference_study, 
     assert done.returncode == 0, done.stderr[-3000:]
     (after,) = read_trial_records(study_dir)
     events = [e for e in cache_events(study_dir) if e["key"] == key]
-    assert [e["event"] for e in events] == ["built", "corrupt", "built"]
-    assert "labels.npy has" in events[1]["problem"] and Path(events[1]["moved_to"]).is_dir()
+    assert [e["event"] for e in events] == ["corrupt", "built"]
+    assert "labels.npy has" in events[0]["problem"] and Path(events[0]["moved_to"]).is_dir()
     # Only the damaged artifact was rebuilt, to the same pseudo labels; what depends on it was intact and reused.
     assert [f["built"] for f in after["folds"]] == [["clustering"], []]
     assert labels.read_bytes() == original and after["metrics"] == before["metrics"]
