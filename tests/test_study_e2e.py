@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from study import paths
+from study.cli import main
 from study.trial import read_trial_records
 from study_runs import cache_events, cli, study_args
 
@@ -23,7 +24,7 @@ def built_phases(study_dir: Path) -> collections.Counter:
     return collections.Counter(phase for phase, _ in built)
 
 
-def test_a_study_shares_phases_between_trials_and_lands_in_mlflow(small_manifest, tiny_encoder, tmp_path):
+def test_a_study_shares_phases_between_trials_and_lands_in_mlflow(small_manifest, tiny_encoder, tmp_path, capsys):
     study_dir = tmp_path / "study"
     # Two trials differing only in pooling, run at the same time: they share TAPT, embeddings, k-means and CPT.
     shared_cache = tmp_path / "shared-cache"  # also used by a later study, below
@@ -56,23 +57,23 @@ def test_a_study_shares_phases_between_trials_and_lands_in_mlflow(small_manifest
     for name in ("report.md", "table.csv", "folds.csv", "heatmap_attention.png", "confusion_best.png"):
         assert (paths.report_dir(study_dir) / name).stat().st_size > 0
 
-    # The best configuration's fold models as an ensemble, on new audio and on something that is not audio.
+    # The best configuration's fold models as an ensemble, on new audio and on something that is not audio;
+    # then the report and the audit. These commands run in-process (the study above ran the console script).
     wav = _first_wav(small_manifest)
-    predicted = subprocess.run(cli("predict", str(study_dir), str(wav)), capture_output=True, text=True, timeout=300)
-    assert predicted.returncode == 0, predicted.stderr[-2000:]
-    line = predicted.stdout.strip().splitlines()[-1]
+    assert main(["predict", str(study_dir), str(wav)]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
     probabilities = [float(part.split()[1]) for part in line.split("(")[1].rstrip(")").split("  ")]
     assert line.startswith(str(wav)) and sum(probabilities) == pytest.approx(1.0, abs=0.01)
     not_audio = tmp_path / "notes.wav"
     not_audio.write_text("not audio")
-    refused = subprocess.run(cli("predict", str(study_dir), str(not_audio)), capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 2 and "notes.wav" in refused.stderr and "Traceback" not in refused.stderr
+    assert main(["predict", str(study_dir), str(not_audio)]) == 2
+    refused = capsys.readouterr().err
+    assert "notes.wav" in refused and "Traceback" not in refused
 
-    reported = subprocess.run(cli("report", str(study_dir)), capture_output=True, text=True, timeout=300)
-    assert reported.returncode == 0 and "Best configuration" in reported.stdout
-    assert "Leakage audit: 2 clean" in reported.stdout and all(r["audit"]["clean"] for r in records)
-    audited = subprocess.run(cli("audit", str(study_dir)), capture_output=True, text=True, timeout=300)
-    assert audited.returncode == 0, audited.stdout[-2000:]
+    assert main(["report", str(study_dir)]) == 0
+    reported = capsys.readouterr().out
+    assert "Best configuration" in reported and "Leakage audit: 2 clean" in reported and all(r["audit"]["clean"] for r in records)
+    assert main(["audit", str(study_dir)]) == 0, capsys.readouterr().out[-2000:]
     assert any(r.data.tags.get("audit") == "clean" for r in trials.values())
 
     # A later study on the same storage reuses every phase the first one built: it builds nothing.
