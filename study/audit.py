@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from study import paths, storage
+from study.mlflow_store import get_client, uri_of_run, with_retries
 from trainables.atomic import atomic_write_text
 from trainables.data.folds import Fold, Validation, build_fold
 from trainables.data.manifest import fingerprint
@@ -677,9 +678,7 @@ def log_audit(run_id: str, audit: TrialAudit, *, uri: str | None = None) -> None
     """Put a trial's audit on its MLflow run: tags ``audit`` (clean | shared | leak | unverified),
     ``audit_shared`` (what a looser protocol shared), ``audit_leaks`` (the leaks, if any),
     metric ``audit_leak_count`` and artifact ``audit.json``."""
-    from study import tracking
-
-    client = tracking.get_client(tracking._uri_of(run_id, uri))  # the URI the trial's run was started with
+    client = get_client(uri_of_run(run_id, uri))  # the URI the trial's run was started with
     tags = {"audit": audit.verdict(), "audit_strict": str(audit.strict).lower()}
     shared = audit.shared_statements()
     if shared:
@@ -687,6 +686,6 @@ def log_audit(run_id: str, audit: TrialAudit, *, uri: str | None = None) -> None
     if audit.leaks:
         tags["audit_leaks"] = "; ".join(f"fold {fold.test_session} {PHASE_LABELS[f.phase]}: {f.message}" for fold in audit.folds for f in fold.leaks)
     for name, value in tags.items():
-        tracking.with_retries(client.set_tag, run_id, name, value[:_MAX_TAG_CHARS])
-    tracking.with_retries(client.log_metric, run_id, "audit_leak_count", float(len(audit.leaks)))
-    tracking.with_retries(client.log_text, run_id, json.dumps(audit.to_dict(), indent=2, ensure_ascii=False), AUDIT_FILE)
+        with_retries(client.set_tag, run_id, name, value[:_MAX_TAG_CHARS])
+    with_retries(client.log_metric, run_id, "audit_leak_count", float(len(audit.leaks)))
+    with_retries(client.log_text, run_id, json.dumps(audit.to_dict(), indent=2, ensure_ascii=False), AUDIT_FILE)

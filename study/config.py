@@ -93,6 +93,7 @@ from pydantic import (
 )
 
 from study.errors import UserError
+from study.mlflow_store import sqlite_uri
 from trainables.data.folds import FoldError, Validation, build_fold
 from trainables.data.labels import LABEL_SETS
 from trainables.data.manifest import ManifestError, Utterance, fingerprint, read_manifest
@@ -574,8 +575,7 @@ class StorageSettings(_Strict):
             if uri.startswith("file:"):
                 raise _Invalid("mlflow_uri", f"{uri!r}: MLflow 3 has no file store; give a local directory or .db file (a SQLite store), or a server URI")
             if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", uri):  # a local directory or .db file: SQLite
-                path = Path(_local_path(uri))
-                self.mlflow_uri = f"sqlite:///{path if path.suffix == '.db' else path / 'mlflow.db'}"
+                self.mlflow_uri = sqlite_uri(uri)
         elif _is_uri(self.study_dir):
             raise _Invalid(
                 "mlflow_uri",
@@ -583,7 +583,7 @@ class StorageSettings(_Strict):
                 f"e.g. http://127.0.0.1:5000 on the head node",
             )
         else:
-            self.mlflow_uri = f"sqlite:///{Path(self.study_dir) / 'mlflow.db'}"
+            self.mlflow_uri = sqlite_uri(self.study_dir)
         return self
 
     @property

@@ -284,11 +284,11 @@ def test_the_audit_is_logged_to_the_trial_run(study, tmp_path):
     pytest.importorskip("mlflow")
     from mlflow import MlflowClient
 
-    from study import tracking
+    from study import mlflow_store, tracking
     from study.audit import log_audit
 
     study_dir, folds = study
-    uri = tracking.tracking_uri_for(str(tmp_path), None)
+    uri = mlflow_store.sqlite_uri(tmp_path)
     run_id = tracking.start_trial(uri, "audit", "t1", {"layer": 2, "clusters": 4, "mask_ratio": 0.2, "pooling": "average"})
     audit = audit_trial(_trial_record("t1", Protocol(unsupervised_audio="train+test"), [folds["shared"]]), study_dir / "cache")
     log_audit(run_id, audit, uri=uri)

@@ -11,8 +11,7 @@ pytest.importorskip("mlflow")
 
 from mlflow import MlflowClient  # noqa: E402
 
-from study import tracking  # noqa: E402
-from study.errors import UserError  # noqa: E402
+from study import mlflow_store, tracking  # noqa: E402
 from study.report import build_report, write_report  # noqa: E402
 
 CLASSES = ["neu", "hap", "ang", "sad"]
@@ -91,7 +90,7 @@ def log_trial(uri: str, trial_id: str, scores: list[tuple[float, float]]) -> str
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> tuple[str, Path]:
     study_dir = tmp_path_factory.mktemp("study")
-    return tracking.tracking_uri_for(str(study_dir), None), study_dir
+    return mlflow_store.sqlite_uri(study_dir), study_dir
 
 
 @pytest.fixture(scope="module")
@@ -100,17 +99,13 @@ def logged(store) -> str:
     return log_trial(uri, "a1b2c3", [(0.60, 0.55), (0.64, 0.59)])
 
 
-def test_tracking_uri_for(tmp_path):
-    assert tracking.tracking_uri_for(str(tmp_path), None) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
-    assert tracking.tracking_uri_for("/ignored", str(tmp_path / "ml")) == f"sqlite:///{tmp_path.resolve()}/ml/mlflow.db"
-    assert tracking.tracking_uri_for("/ignored", tmp_path.as_uri()) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
-    assert tracking.tracking_uri_for("/ignored", str(tmp_path / "x.db")) == f"sqlite:///{tmp_path.resolve()}/x.db"
-    assert tracking.tracking_uri_for("s3://bucket/study", "http://127.0.0.1:5000") == "http://127.0.0.1:5000"
-    assert tracking.tracking_uri_for("/x", "sqlite:////tmp/other.db") == "sqlite:////tmp/other.db"
-    with pytest.raises(UserError, match="tracking URI"):
-        tracking.tracking_uri_for("s3://bucket/study", None)
-    assert tracking.artifact_location_for(f"sqlite:///{tmp_path}/mlflow.db") == (tmp_path.resolve() / "mlartifacts").as_uri()
-    assert tracking.artifact_location_for("http://127.0.0.1:5000") is None
+def test_a_local_store_is_sqlite_with_its_artifacts_beside_it(tmp_path):
+    assert mlflow_store.sqlite_uri(tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert mlflow_store.sqlite_uri(str(tmp_path / "x.db")) == f"sqlite:///{tmp_path.resolve()}/x.db"
+    assert mlflow_store.sqlite_path(f"sqlite:///{tmp_path}/mlflow.db") == tmp_path / "mlflow.db"
+    assert mlflow_store.sqlite_path("sqlite:///:memory:") is None and mlflow_store.sqlite_path("http://127.0.0.1:5000") is None
+    assert mlflow_store.artifact_location_for(f"sqlite:///{tmp_path}/mlflow.db") == (tmp_path.resolve() / "mlartifacts").as_uri()
+    assert mlflow_store.artifact_location_for("http://127.0.0.1:5000") is None
 
 
 def test_trial_run_params_and_metrics(store, logged):
@@ -217,9 +212,9 @@ def test_retries_on_locked_database():
             raise RuntimeError("(sqlite3.OperationalError) database is locked")
         return "ok"
 
-    assert tracking.with_retries(flaky, base_delay=0.001) == "ok" and len(calls) == 3
+    assert mlflow_store.with_retries(flaky, base_delay=0.001) == "ok" and len(calls) == 3
     with pytest.raises(ValueError):
-        tracking.with_retries(lambda: (_ for _ in ()).throw(ValueError("other")), base_delay=0.001)
+        mlflow_store.with_retries(lambda: (_ for _ in ()).throw(ValueError("other")), base_delay=0.001)
 
 
 def test_tracker_swallows_errors_unless_asked(store):
@@ -238,7 +233,7 @@ def _worker(uri: str, trial_id: str, seed: int) -> None:
 
 
 def test_two_processes_log_concurrently(tmp_path):
-    uri = tracking.tracking_uri_for(str(tmp_path / "study"), None)  # a fresh store: the processes race to create it
+    uri = mlflow_store.sqlite_uri(tmp_path / "study")  # a fresh store: the processes race to create it
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=_worker, args=(uri, f"p{i}", i)) for i in range(2)]
     for process in processes:
@@ -263,7 +258,7 @@ def test_a_trial_lost_with_an_interrupted_driver_leaves_the_records_and_mlflow(t
     from study import paths
     from study.trial import read_trial_records, set_aside_lost_records
 
-    uri = tracking.tracking_uri_for(str(tmp_path), None)
+    uri = mlflow_store.sqlite_uri(tmp_path)
     here, elsewhere = {tracking.STUDY_DIR_TAG: str(tmp_path)}, {tracking.STUDY_DIR_TAG: "/another/study"}
     kept = tracking.start_trial(uri, "smoke", "kept1", {"layer": 2}, here)
     lost = tracking.start_trial(uri, "smoke", "lost1", {"layer": 2}, here)  # opened its run, never wrote a record
