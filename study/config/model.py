@@ -1,81 +1,20 @@
-"""The study file: one YAML document, validated into a :class:`StudyConfig`.
+"""The study file's schema: pydantic models of every section, their checks against the data and the encoder.
 
-A study file has these sections (``search_spaces/*.yaml`` are commented
-examples; every mapping refuses unknown keys, so a typo is an error, never a
-silently ignored setting)::
-
-    name: smoke                      # MLflow experiment name; default study directory studies/<name>
-    data: {manifest: demo/manifest.csv}
-    encoder: demo/encoder            # local directory or HuggingFace hub id
-    protocol: {validation: stratified, val_fraction: 0.1, val_speaker: null,
-               unsupervised_audio: train, seed: 0}
-    folds: all                       # or a list of test sessions, e.g. [1, 2]
-    phases:
-      preset: smoke                  # hubert | smoke: the fixed settings of the five phases
-      epochs: 2                      # optional: epochs of TAPT, CPT and fine-tuning at once
-      seed: 0                        # optional: training seed of TAPT, CPT and fine-tuning at once
-      tapt: {train: {lr: 1.0e-4}}    # optional: any ClassifierConfig field, TrainConfig fields under train
-      cpt: {span: 5}                 # optional: any CptConfig field
-      finetune: {dropout: 0.2}       # optional: any ClassifierConfig field
-      kmeans: {backend: sklearn}     # optional: any KMeansSettings field
-      embed_max_batch_seconds: 80    # optional
-    search:
-      space:                         # exactly these four; each fixed or {choice: [...]},
-        layer: {choice: [1, 2]}      # {int: [low, high], log: false, step: 1} or
-        clusters: {int: [4, 64], log: true}   # {float: [low, high], log: false}
-        mask_ratio: 0.2
-        pooling: {choice: [attention, average]}
-      algorithm: tpe                 # tpe | grid (grid: every parameter fixed or a choice)
-      seed: 0
-      num_trials: 3                  # required for tpe; grid: default and maximum = grid size
-      max_concurrent: 2
-      early_stopping: none           # none | median (on val_ua_running_mean after each fold)
-      grace_folds: 2                 # median: no stop before this many folds are done
-      min_trials: 3                  # median: trials needed at a fold count before any stop
-      startup_trials: 10             # tpe: random trials before TPE models the space
-    objective: {metric: val_ua_mean, mode: max}
-    resources:
-      executor: local                # local | ray
-      cpus_per_fold: 1
-      gpus_per_fold: 0
-      train: {workers: 1, gpus_per_worker: 0, cpus_per_worker: 1, embed_gpus: 0,
-              kmeans_gpus: 0, max_failures: 2}      # RayResources, for executor ray
-    storage:
-      study_dir: studies/smoke       # local path or s3://bucket/prefix
-      mlflow_uri: null               # default sqlite:///<study_dir>/mlflow.db; required for s3://
-
-**Relative paths** (``data.manifest``, a local ``encoder`` directory,
-``storage.study_dir``, a local ``storage.mlflow_uri``) resolve against the
-current working directory when the file is loaded, not against the YAML file's
-folder, so ``--set data.manifest=my.csv`` means ``./my.csv`` wherever the study
-file lives. They are stored absolute: the resolved config saved in the study
-directory (:meth:`StudyConfig.to_yaml`) means the same files from any working
-directory, which is what ``resume`` and the Ray workers need. An ``encoder``
-that is not an existing path (and does not start with ``/``, ``./``, ``../`` or
-``~``) is kept as given: a hub id.
-
-**Overrides** (``--set dotted.field=value``) are applied to the raw YAML before
-validation; the value is parsed as YAML (``3``, ``0.2``, ``[1, 2]``,
-``{choice: [6, 9]}``, ``null``; an empty value is ``null``).
-
-Every problem raises :class:`StudyConfigError` (a :class:`~study.errors.UserError`)
-whose message names the file, the dotted field, the problem and what is allowed.
+The file format is described in :mod:`study.config`; reading a file and
+turning validation errors into messages is :mod:`study.config.loading`.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import difflib
 import logging
 import os
 import re
-import types
 import typing
 from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
-from typing import Annotated, Any, Generic, Iterable, Literal, Mapping, Sequence, TypeVar, Union
+from typing import Annotated, Any, Generic, Literal, Mapping, Sequence, TypeVar, Union
 
 import yaml
 from pydantic import (
@@ -85,7 +24,6 @@ from pydantic import (
     Field,
     PrivateAttr,
     Tag,
-    ValidationError,
     create_model,
     field_validator,
     model_serializer,
@@ -123,7 +61,6 @@ RESOLVED_STUDY_FILE = "study.yaml"
 _PATH_PREFIXES = ("/", "./", "../", "~")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_OVERRIDE = re.compile(r"^\s*([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\s*=(.*)$", re.DOTALL)
 
 
 class StudyConfigError(UserError):
@@ -135,7 +72,7 @@ class StudyConfigError(UserError):
         self.field = field
 
 
-class _Invalid(ValueError):
+class Invalid(ValueError):
     """A problem found by a model validator at ``field`` (dotted, relative to the model validated)."""
 
     def __init__(self, field: str, problem: str):
@@ -211,19 +148,19 @@ class FloatRange(_Strict):
         return self
 
 
-_TAG_MODELS: dict[str, type[BaseModel]] = {"choice": Choice, "int": IntRange, "float": FloatRange}
-_FORMS = {
+TAG_MODELS: dict[str, type[BaseModel]] = {"choice": Choice, "int": IntRange, "float": FloatRange}
+PARAM_FORMS = {
     "fixed": "a fixed value",
     "choice": "{choice: [...]}",
     "int": "{int: [low, high], log: false, step: 1}",
     "float": "{float: [low, high], log: false}",
 }
-_PARAM_TAGS = {"layer": ("fixed", "choice", "int"), "clusters": ("fixed", "choice", "int"), "mask_ratio": ("fixed", "choice", "float"), "pooling": ("fixed", "choice")}
+PARAM_TAGS = {"layer": ("fixed", "choice", "int"), "clusters": ("fixed", "choice", "int"), "mask_ratio": ("fixed", "choice", "float"), "pooling": ("fixed", "choice")}
 
 
-def _spec_tag(value: Any) -> str | None:
+def spec_tag(value: Any) -> str | None:
     """Which form a parameter is written in: fixed, choice, int or float (None: none of them)."""
-    for tag, model in _TAG_MODELS.items():
+    for tag, model in TAG_MODELS.items():
         if isinstance(value, model):
             return tag
     if isinstance(value, Mapping):
@@ -237,7 +174,7 @@ def _spec_tag(value: Any) -> str | None:
 def _param_spec(fixed: type, *ranges: type) -> Any:
     members = [Annotated[fixed, Tag("fixed")], Annotated[Choice[fixed], Tag("choice")]]  # type: ignore[valid-type]
     members += [Annotated[r, Tag("int" if r is IntRange else "float")] for r in ranges]
-    return Annotated[Union[tuple(members)], Discriminator(_spec_tag, custom_error_type="param_spec", custom_error_message="not a parameter form")]
+    return Annotated[Union[tuple(members)], Discriminator(spec_tag, custom_error_type="param_spec", custom_error_message="not a parameter form")]
 
 
 LayerSpec = _param_spec(int, IntRange)
@@ -349,16 +286,16 @@ class SearchSettings(_Strict):
             for name, spec in self.space.params().items():
                 if isinstance(spec, (IntRange, FloatRange)):
                     kind = "an int" if isinstance(spec, IntRange) else "a float"
-                    raise _Invalid(
+                    raise Invalid(
                         f"space.{name}",
                         f"is {kind} range, but algorithm grid needs every parameter fixed or a choice: "
                         f"list its values as {{choice: [...]}} or use algorithm: tpe",
                     )
             size = self.space.grid_size()
             if self.num_trials is not None and size is not None and self.num_trials > size:
-                raise _Invalid("num_trials", f"{self.num_trials} is more than the {size} points of the grid; leave num_trials out to run every point once")
+                raise Invalid("num_trials", f"{self.num_trials} is more than the {size} points of the grid; leave num_trials out to run every point once")
         elif self.num_trials is None:
-            raise _Invalid("num_trials", "is required with algorithm tpe: how many trials to run (e.g. 60)")
+            raise Invalid("num_trials", "is required with algorithm tpe: how many trials to run (e.g. 60)")
         return self
 
     def trial_count(self) -> int:
@@ -424,16 +361,16 @@ def _apply(base: Any, override: BaseModel | None) -> Any:
 _PHASE_FIELD = re.compile(r"^([A-Za-z_]\w*(?:\.\w+)+)(?::\s*|\s+)(.*)$", re.DOTALL)
 
 
-def _phase_problem(message: str) -> _Invalid:
+def _phase_problem(message: str) -> Invalid:
     """A phase dataclass's ``ValueError`` as a problem at its dotted field under ``phases``."""
     match = _PHASE_FIELD.match(message)
     if not match:
-        return _Invalid("phases", message)
+        return Invalid("phases", message)
     field, problem = match.groups()
     for prefix, target in (("phases.", ""), ("kmeans.", "kmeans."), ("KMeansConfig.", "kmeans.")):
         if field.startswith(prefix):
-            return _Invalid(f"phases.{target}{field[len(prefix):]}", problem)
-    return _Invalid("phases", message)
+            return Invalid(f"phases.{target}{field[len(prefix):]}", problem)
+    return Invalid("phases", message)
 
 
 class PhasesSettings(_Strict):
@@ -470,20 +407,20 @@ class PhasesSettings(_Strict):
         return settings
 
     def phase_settings(self, max_clusters: int | None = None) -> PhaseSettings:
-        """The validated :class:`PhaseSettings`; raises :class:`_Invalid` naming the ``phases.*`` field."""
+        """The validated :class:`PhaseSettings`; raises :class:`Invalid` naming the ``phases.*`` field."""
         settings = self.build()
         try:
             settings.validate()
         except ValueError as err:
             raise _phase_problem(str(err)) from None
         if max_clusters is not None and settings.kmeans.max_fit_frames < max_clusters:
-            raise _Invalid(
+            raise Invalid(
                 "phases.kmeans.max_fit_frames",
                 f"{settings.kmeans.max_fit_frames} is below the largest K of search.space.clusters ({max_clusters}): "
                 f"k-means needs at least one fit frame per cluster; raise max_fit_frames or lower K",
             )
         if settings.embed_max_batch_seconds <= 0:
-            raise _Invalid("phases.embed_max_batch_seconds", "must be positive")
+            raise Invalid("phases.embed_max_batch_seconds", "must be positive")
         return settings
 
 
@@ -499,7 +436,7 @@ class ProtocolSettings(_Strict):
     @model_validator(mode="after")
     def _check(self) -> "ProtocolSettings":
         if self.validation is Validation.TEST_SESSION_SPEAKER and self.val_speaker not in (None, "F", "M"):
-            raise _Invalid("val_speaker", f"with validation test_session_speaker it is the gender of the validating speaker, F or M (or null), got {self.val_speaker!r}")
+            raise Invalid("val_speaker", f"with validation test_session_speaker it is the gender of the validating speaker, F or M (or null), got {self.val_speaker!r}")
         return self
 
     def protocol(self) -> Protocol:
@@ -533,7 +470,7 @@ class ResourceSettings(_Strict):
             self.ray_resources()
         except ValueError as err:
             match = re.match(r"^resources\.(\w+)\s*(.*)$", str(err))
-            raise (_Invalid(f"train.{match.group(1)}", match.group(2)) if match else _Invalid("train", str(err))) from None
+            raise (Invalid(f"train.{match.group(1)}", match.group(2)) if match else Invalid("train", str(err))) from None
         return self
 
     def ray_resources(self) -> RayResources:
@@ -543,7 +480,7 @@ class ResourceSettings(_Strict):
         return resources
 
 
-def _is_uri(text: str) -> bool:
+def is_uri(text: str) -> bool:
     return bool(_URI.match(text))
 
 
@@ -566,18 +503,18 @@ class StorageSettings(_Strict):
             return None
         if not value.strip():
             raise ValueError("must not be empty; give a local directory or s3://bucket/prefix")
-        return value.rstrip("/") if _is_uri(value) else _local_path(value)
+        return value.rstrip("/") if is_uri(value) else _local_path(value)
 
     @model_validator(mode="after")
     def _mlflow(self) -> "StorageSettings":
         uri = self.mlflow_uri
         if uri:
             if uri.startswith("file:"):
-                raise _Invalid("mlflow_uri", f"{uri!r}: MLflow 3 has no file store; give a local directory or .db file (a SQLite store), or a server URI")
+                raise Invalid("mlflow_uri", f"{uri!r}: MLflow 3 has no file store; give a local directory or .db file (a SQLite store), or a server URI")
             if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", uri):  # a local directory or .db file: SQLite
                 self.mlflow_uri = sqlite_uri(uri)
-        elif _is_uri(self.study_dir):
-            raise _Invalid(
+        elif is_uri(self.study_dir):
+            raise Invalid(
                 "mlflow_uri",
                 f"is required when study_dir is on object storage ({self.study_dir}): give the MLflow server, "
                 f"e.g. http://127.0.0.1:5000 on the head node",
@@ -588,7 +525,7 @@ class StorageSettings(_Strict):
 
     @property
     def is_remote(self) -> bool:
-        return _is_uri(self.study_dir)
+        return is_uri(self.study_dir)
 
 
 class DataSettings(_Strict):
@@ -599,7 +536,7 @@ class DataSettings(_Strict):
     @field_validator("manifest")
     @classmethod
     def _manifest(cls, value: str) -> str:
-        if _is_uri(value):
+        if is_uri(value):
             raise ValueError(f"{value!r}: the manifest must be a local file (on a cluster: a path every node sees)")
         if not value.strip():
             raise ValueError("must not be empty; give the manifest CSV from `ser-study prepare`")
@@ -687,9 +624,9 @@ class StudyConfig(_Strict):
         settings = self.phases.phase_settings(self.search.space.max_clusters())
         if settings.kmeans.backend == "cuml":
             if self.resources.executor == "local" and self.resources.gpus_per_fold <= 0:
-                raise _Invalid("phases.kmeans.backend", "cuml needs a GPU, but executor local with gpus_per_fold 0 runs k-means on CPU: set resources.gpus_per_fold (e.g. 1) or backend sklearn")
+                raise Invalid("phases.kmeans.backend", "cuml needs a GPU, but executor local with gpus_per_fold 0 runs k-means on CPU: set resources.gpus_per_fold (e.g. 1) or backend sklearn")
             if self.resources.executor == "ray" and self.resources.train.kmeans_gpus <= 0:
-                raise _Invalid("resources.train.kmeans_gpus", "must be > 0 (e.g. 1) with phases.kmeans.backend cuml, which runs on a GPU; or use backend sklearn")
+                raise Invalid("resources.train.kmeans_gpus", "must be > 0 (e.g. 1) with phases.kmeans.backend cuml, which runs on a GPU; or use backend sklearn")
         return self
 
     # -- what the rest of the study reads ---------------------------------
@@ -707,7 +644,7 @@ class StudyConfig(_Strict):
         """The validated fixed settings of the five phases."""
         try:
             return self.phases.phase_settings(self.search.space.max_clusters())
-        except _Invalid as err:
+        except Invalid as err:
             raise self.error(err.field, err.problem) from None
 
     def ray_resources(self) -> RayResources:
@@ -870,239 +807,3 @@ def code_version() -> str:
         version = "unknown"
     phases = " ".join(f"{phase}={number}" for phase, number in PHASE_CODE_VERSION.items())
     return f"ser-study {version} (phases {phases})"
-
-
-# ----------------------------------------------------------------------------
-# Loading
-# ----------------------------------------------------------------------------
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key written twice in one mapping (the last would silently win)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError("while reading a mapping", node.start_mark, f"found the key {key!r} twice", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def _fields_by_key(model: type[BaseModel]) -> dict[str, Any]:
-    return {info.alias or name: info for name, info in model.model_fields.items()}
-
-
-def _as_model(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if typing.get_origin(annotation) in (Union, types.UnionType):
-        members = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(members) == 1:
-            return _as_model(members[0])
-    return None
-
-
-def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
-    """The section model at raw pydantic location ``loc`` (tags included), if any."""
-    model: type[BaseModel] = StudyConfig
-    index = 0
-    while index < len(loc):
-        fields = _fields_by_key(model)
-        if loc[index] not in fields:
-            return None
-        child = _as_model(fields[loc[index]].annotation)
-        if child is None and model is SearchSpace and index + 1 < len(loc):
-            index += 1
-            child = _TAG_MODELS.get(loc[index])  # type: ignore[arg-type]
-        if child is None:
-            return None
-        model, index = child, index + 1
-    return model
-
-
-def _clean_loc(loc: Sequence[Any]) -> list[Any]:
-    """``loc`` without the union tags pydantic inserts after a search-space parameter."""
-    out: list[Any] = []
-    for index, part in enumerate(loc):
-        if index >= 2 and part in _FORMS and loc[index - 1] in SEARCHED_PARAMS and loc[index - 2] == "space":
-            continue
-        out.append(part)
-    return out
-
-
-def _dotted(parts: Iterable[Any]) -> str:
-    return ".".join(str(p) for p in parts)
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _suggest(word: str, options: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, options, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
-    """``(dotted field, problem)`` of one pydantic error."""
-    loc = list(error["loc"])
-    field = _dotted(_clean_loc(loc))
-    kind = error["type"]
-    ctx = error.get("ctx") or {}
-    value = error.get("input")
-    param = next((p for p in reversed(loc) if p in SEARCHED_PARAMS), None)
-    forms = ", ".join(_FORMS[t] for t in _PARAM_TAGS.get(param, ())) if param else ""
-    if kind == "extra_forbidden":
-        parent = _model_at(loc[:-1])
-        where = _dotted(_clean_loc(loc[:-1])) or "the top level"
-        allowed = sorted(_fields_by_key(parent)) if parent else []
-        listing = f"; allowed in {where}: {', '.join(allowed)}" if allowed else ""
-        return field, f"unknown field {loc[-1]!r}{listing}{_suggest(str(loc[-1]), allowed)}"
-    if kind == "missing":
-        return field, "is required but missing"
-    if kind == "param_spec":
-        if isinstance(value, (list, tuple)):
-            return field, f"a bare list is not a search space: write {{choice: {list(value)}}}; allowed forms: {forms}"
-        tag = _spec_tag(value)
-        if tag not in (None, "fixed") and param and tag not in _PARAM_TAGS[param]:
-            return field, f"{{{tag}: ...}} is not allowed for {param}; allowed forms: {forms}"
-        return field, f"{_short(value)} is not a parameter form; allowed forms: {forms}"
-    if kind == "union_tag_invalid":
-        return field, f"{{{ctx.get('tag')}: ...}} is not allowed for {param}; allowed forms: {forms}"
-    if kind == "value_error":
-        cause = ctx.get("error")
-        if isinstance(cause, _Invalid):
-            return _dotted([field, cause.field] if field else [cause.field]), cause.problem
-        return field, str(error["msg"]).removeprefix("Value error, ")
-    return field or "the study file", f"{error['msg']} (got {_short(value)})"
-
-
-def _format(err: ValidationError, source: str, overrides: Sequence[str]) -> StudyConfigError:
-    problems = []
-    errors = err.errors(include_url=False)
-    name_failed = any(tuple(e["loc"]) == ("name",) for e in errors)
-    for item in errors:
-        if name_failed and tuple(item["loc"]) == ("storage",) and item["type"] == "missing":
-            continue  # its default (studies/<name>) needs a valid name: the name error says it all
-        field, problem = _describe(item)
-        origin = [o for o in overrides if (m := _OVERRIDE.match(o)) and (field.startswith(m.group(1)) or m.group(1).startswith(field))]
-        if origin:
-            problem += f" (from --set {origin[-1]})"
-        problems.append((field, problem))
-    first_field = problems[0][0] if problems else None
-    if len(problems) == 1:
-        return StudyConfigError(f"{source}: {problems[0][0]}: {problems[0][1]}", source=source, field=first_field)
-    lines = "\n".join(f"  {field}: {problem}" for field, problem in problems)
-    return StudyConfigError(f"{source}: {len(problems)} problems:\n{lines}", source=source, field=first_field)
-
-
-def _check_override_path(parts: Sequence[str], text: str, source: str) -> None:
-    model: type[BaseModel] = StudyConfig
-    for depth, part in enumerate(parts):
-        fields = _fields_by_key(model)
-        where = _dotted(parts[:depth]) or "the top level"
-        if part not in fields:
-            allowed = sorted(fields)
-            raise StudyConfigError(
-                f"{source}: --set {text}: unknown field {_dotted(parts[: depth + 1])}; allowed in {where}: {', '.join(allowed)}{_suggest(part, allowed)}",
-                source=source,
-                field=_dotted(parts[: depth + 1]),
-            )
-        child = _as_model(fields[part].annotation)
-        if child is None:
-            if depth + 1 < len(parts) and model is not SearchSpace:
-                raise StudyConfigError(f"{source}: --set {text}: {_dotted(parts[: depth + 1])} is a value, not a section", source=source, field=_dotted(parts[: depth + 1]))
-            return
-        model = child
-
-
-def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str], source: str = "<study config>") -> dict[str, Any]:
-    """``raw`` with each ``dotted.field=value`` of ``overrides`` set (value parsed as YAML)."""
-    data = copy.deepcopy(dict(raw))
-    for text in overrides:
-        match = _OVERRIDE.match(text)
-        if not match:
-            raise StudyConfigError(
-                f"{source}: --set {text!r}: expected FIELD=VALUE with a dotted field, e.g. --set search.num_trials=10 or --set data.manifest=path/to/manifest.csv",
-                source=source,
-            )
-        key, value_text = match.groups()
-        parts = key.split(".")
-        _check_override_path(parts, text, source)
-        try:
-            value = yaml.load(value_text, Loader=_UniqueKeyLoader) if value_text.strip() else None
-        except yaml.YAMLError as err:
-            raise StudyConfigError(f"{source}: --set {text}: the value is not valid YAML ({str(err).splitlines()[0]}); quote it or fix it", source=source, field=key) from None
-        node = data
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[parts[-1]] = value
-    return data
-
-
-def parse_study(text: str, source: str = "<study config>", overrides: Sequence[str] = ()) -> StudyConfig:
-    """Validate the YAML ``text`` of a study file (with ``overrides``); ``source`` names it in messages."""
-    try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as err:
-        raise StudyConfigError(f"{source}: not valid YAML: {err}", source=source) from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise StudyConfigError(f"{source}: a study file is a YAML mapping (name:, data:, encoder:, search:, ...), got {type(raw).__name__}", source=source)
-    data = apply_overrides(raw, overrides, source)
-    try:
-        config = StudyConfig.model_validate(data)
-    except ValidationError as err:
-        raise _format(err, source, overrides) from None
-    config._source = source
-    return config
-
-
-def _read_text(location: str) -> str:
-    if _is_uri(location):
-        import pyarrow.fs
-
-        filesystem, path = pyarrow.fs.FileSystem.from_uri(location)
-        with filesystem.open_input_stream(path) as stream:
-            return stream.read().decode("utf-8")
-    return Path(location).read_text(encoding="utf-8")
-
-
-def shipped_studies() -> dict[str, Path]:
-    """The study files shipped in ``search_spaces/`` (name -> path)."""
-    import search_spaces
-
-    folder = Path(search_spaces.__file__).parent
-    return {path.stem: path for path in sorted(folder.glob("*.yaml"))}
-
-
-def load_study(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
-    """Load and validate the study file ``path`` with ``--set`` style ``overrides``; logs questionable choices."""
-    source = str(path)
-    try:
-        text = _read_text(source)
-    except FileNotFoundError:
-        shipped = ", ".join(str(p) for p in shipped_studies().values())
-        raise StudyConfigError(f"{source}: study file not found; shipped examples: {shipped}", source=source) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise StudyConfigError(f"{source}: cannot read the study file ({err})", source=source) from None
-    config = parse_study(text, source, overrides)
-    for note in config.advice():
-        logger.warning("%s: %s", source, note)
-    return config
-
-
-def load_resolved_study(study_dir: str | Path) -> StudyConfig:
-    """The resolved config saved in a study directory (``<study_dir>/study.yaml``), for resume and the trials."""
-    location = f"{str(study_dir).rstrip('/')}/{RESOLVED_STUDY_FILE}" if _is_uri(str(study_dir)) else str(Path(study_dir) / RESOLVED_STUDY_FILE)
-    try:
-        text = _read_text(location)
-    except (OSError, UnicodeDecodeError) as err:
-        raise StudyConfigError(f"{location}: cannot read the study's resolved config ({err}); is {study_dir} a study directory?", source=location) from None
-    return parse_study(text, location)

@@ -1,0 +1,269 @@
+"""Reading a study file: YAML (a key written twice is an error), ``--set`` overrides, and pydantic errors turned into messages.
+
+Every problem raises :class:`~study.config.model.StudyConfigError`, whose
+message names the file, the dotted field, the problem and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import logging
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence, Union
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from study.config.model import (
+    PARAM_FORMS,
+    PARAM_TAGS,
+    RESOLVED_STUDY_FILE,
+    SEARCHED_PARAMS,
+    TAG_MODELS,
+    Invalid,
+    SearchSpace,
+    StudyConfig,
+    StudyConfigError,
+    is_uri,
+    spec_tag,
+)
+
+logger = logging.getLogger(__name__)
+
+#: ``--set dotted.field=value``.
+_OVERRIDE = re.compile(r"^\s*([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\s*=(.*)$", re.DOTALL)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key written twice in one mapping (the last would silently win)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError("while reading a mapping", node.start_mark, f"found the key {key!r} twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _fields_by_key(model: type[BaseModel]) -> dict[str, Any]:
+    return {info.alias or name: info for name, info in model.model_fields.items()}
+
+
+def _as_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(members) == 1:
+            return _as_model(members[0])
+    return None
+
+
+def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
+    """The section model at raw pydantic location ``loc`` (tags included), if any."""
+    model: type[BaseModel] = StudyConfig
+    index = 0
+    while index < len(loc):
+        fields = _fields_by_key(model)
+        if loc[index] not in fields:
+            return None
+        child = _as_model(fields[loc[index]].annotation)
+        if child is None and model is SearchSpace and index + 1 < len(loc):
+            index += 1
+            child = TAG_MODELS.get(loc[index])  # type: ignore[arg-type]
+        if child is None:
+            return None
+        model, index = child, index + 1
+    return model
+
+
+def _clean_loc(loc: Sequence[Any]) -> list[Any]:
+    """``loc`` without the union tags pydantic inserts after a search-space parameter."""
+    out: list[Any] = []
+    for index, part in enumerate(loc):
+        if index >= 2 and part in PARAM_FORMS and loc[index - 1] in SEARCHED_PARAMS and loc[index - 2] == "space":
+            continue
+        out.append(part)
+    return out
+
+
+def _dotted(parts: Iterable[Any]) -> str:
+    return ".".join(str(p) for p in parts)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _suggest(word: str, options: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
+    """``(dotted field, problem)`` of one pydantic error."""
+    loc = list(error["loc"])
+    field = _dotted(_clean_loc(loc))
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    value = error.get("input")
+    param = next((p for p in reversed(loc) if p in SEARCHED_PARAMS), None)
+    forms = ", ".join(PARAM_FORMS[t] for t in PARAM_TAGS.get(param, ())) if param else ""
+    if kind == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        where = _dotted(_clean_loc(loc[:-1])) or "the top level"
+        allowed = sorted(_fields_by_key(parent)) if parent else []
+        listing = f"; allowed in {where}: {', '.join(allowed)}" if allowed else ""
+        return field, f"unknown field {loc[-1]!r}{listing}{_suggest(str(loc[-1]), allowed)}"
+    if kind == "missing":
+        return field, "is required but missing"
+    if kind == "param_spec":
+        if isinstance(value, (list, tuple)):
+            return field, f"a bare list is not a search space: write {{choice: {list(value)}}}; allowed forms: {forms}"
+        tag = spec_tag(value)
+        if tag not in (None, "fixed") and param and tag not in PARAM_TAGS[param]:
+            return field, f"{{{tag}: ...}} is not allowed for {param}; allowed forms: {forms}"
+        return field, f"{_short(value)} is not a parameter form; allowed forms: {forms}"
+    if kind == "union_tag_invalid":
+        return field, f"{{{ctx.get('tag')}: ...}} is not allowed for {param}; allowed forms: {forms}"
+    if kind == "value_error":
+        cause = ctx.get("error")
+        if isinstance(cause, Invalid):
+            return _dotted([field, cause.field] if field else [cause.field]), cause.problem
+        return field, str(error["msg"]).removeprefix("Value error, ")
+    return field or "the study file", f"{error['msg']} (got {_short(value)})"
+
+
+def _format(err: ValidationError, source: str, overrides: Sequence[str]) -> StudyConfigError:
+    problems = []
+    errors = err.errors(include_url=False)
+    name_failed = any(tuple(e["loc"]) == ("name",) for e in errors)
+    for item in errors:
+        if name_failed and tuple(item["loc"]) == ("storage",) and item["type"] == "missing":
+            continue  # its default (studies/<name>) needs a valid name: the name error says it all
+        field, problem = _describe(item)
+        origin = [o for o in overrides if (m := _OVERRIDE.match(o)) and (field.startswith(m.group(1)) or m.group(1).startswith(field))]
+        if origin:
+            problem += f" (from --set {origin[-1]})"
+        problems.append((field, problem))
+    first_field = problems[0][0] if problems else None
+    if len(problems) == 1:
+        return StudyConfigError(f"{source}: {problems[0][0]}: {problems[0][1]}", source=source, field=first_field)
+    lines = "\n".join(f"  {field}: {problem}" for field, problem in problems)
+    return StudyConfigError(f"{source}: {len(problems)} problems:\n{lines}", source=source, field=first_field)
+
+
+def _check_override_path(parts: Sequence[str], text: str, source: str) -> None:
+    model: type[BaseModel] = StudyConfig
+    for depth, part in enumerate(parts):
+        fields = _fields_by_key(model)
+        where = _dotted(parts[:depth]) or "the top level"
+        if part not in fields:
+            allowed = sorted(fields)
+            raise StudyConfigError(
+                f"{source}: --set {text}: unknown field {_dotted(parts[: depth + 1])}; allowed in {where}: {', '.join(allowed)}{_suggest(part, allowed)}",
+                source=source,
+                field=_dotted(parts[: depth + 1]),
+            )
+        child = _as_model(fields[part].annotation)
+        if child is None:
+            if depth + 1 < len(parts) and model is not SearchSpace:
+                raise StudyConfigError(f"{source}: --set {text}: {_dotted(parts[: depth + 1])} is a value, not a section", source=source, field=_dotted(parts[: depth + 1]))
+            return
+        model = child
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str], source: str = "<study config>") -> dict[str, Any]:
+    """``raw`` with each ``dotted.field=value`` of ``overrides`` set (value parsed as YAML)."""
+    data = copy.deepcopy(dict(raw))
+    for text in overrides:
+        match = _OVERRIDE.match(text)
+        if not match:
+            raise StudyConfigError(
+                f"{source}: --set {text!r}: expected FIELD=VALUE with a dotted field, e.g. --set search.num_trials=10 or --set data.manifest=path/to/manifest.csv",
+                source=source,
+            )
+        key, value_text = match.groups()
+        parts = key.split(".")
+        _check_override_path(parts, text, source)
+        try:
+            value = yaml.load(value_text, Loader=_UniqueKeyLoader) if value_text.strip() else None
+        except yaml.YAMLError as err:
+            raise StudyConfigError(f"{source}: --set {text}: the value is not valid YAML ({str(err).splitlines()[0]}); quote it or fix it", source=source, field=key) from None
+        node = data
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    return data
+
+
+def parse_study(text: str, source: str = "<study config>", overrides: Sequence[str] = ()) -> StudyConfig:
+    """Validate the YAML ``text`` of a study file (with ``overrides``); ``source`` names it in messages."""
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as err:
+        raise StudyConfigError(f"{source}: not valid YAML: {err}", source=source) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise StudyConfigError(f"{source}: a study file is a YAML mapping (name:, data:, encoder:, search:, ...), got {type(raw).__name__}", source=source)
+    data = apply_overrides(raw, overrides, source)
+    try:
+        config = StudyConfig.model_validate(data)
+    except ValidationError as err:
+        raise _format(err, source, overrides) from None
+    config._source = source
+    return config
+
+
+def _read_text(location: str) -> str:
+    if is_uri(location):
+        import pyarrow.fs
+
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(location)
+        with filesystem.open_input_stream(path) as stream:
+            return stream.read().decode("utf-8")
+    return Path(location).read_text(encoding="utf-8")
+
+
+def shipped_studies() -> dict[str, Path]:
+    """The study files shipped in ``search_spaces/`` (name -> path)."""
+    import search_spaces
+
+    folder = Path(search_spaces.__file__).parent
+    return {path.stem: path for path in sorted(folder.glob("*.yaml"))}
+
+
+def load_study(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
+    """Load and validate the study file ``path`` with ``--set`` style ``overrides``; logs questionable choices."""
+    source = str(path)
+    try:
+        text = _read_text(source)
+    except FileNotFoundError:
+        shipped = ", ".join(str(p) for p in shipped_studies().values())
+        raise StudyConfigError(f"{source}: study file not found; shipped examples: {shipped}", source=source) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise StudyConfigError(f"{source}: cannot read the study file ({err})", source=source) from None
+    config = parse_study(text, source, overrides)
+    for note in config.advice():
+        logger.warning("%s: %s", source, note)
+    return config
+
+
+def load_resolved_study(study_dir: str | Path) -> StudyConfig:
+    """The resolved config saved in a study directory (``<study_dir>/study.yaml``), for resume and the trials."""
+    location = f"{str(study_dir).rstrip('/')}/{RESOLVED_STUDY_FILE}" if is_uri(str(study_dir)) else str(Path(study_dir) / RESOLVED_STUDY_FILE)
+    try:
+        text = _read_text(location)
+    except (OSError, UnicodeDecodeError) as err:
+        raise StudyConfigError(f"{location}: cannot read the study's resolved config ({err}); is {study_dir} a study directory?", source=location) from None
+    return parse_study(text, location)
