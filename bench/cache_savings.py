@@ -66,7 +66,6 @@ import argparse
 import datetime
 import logging
 import os
-import platform
 import random
 import shlex
 import shutil
@@ -82,6 +81,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from machine import describe_machine
 from study.cache import ArtifactCache
 from study.chain import FoldResult, run_fold_chain
 from trainables.atomic import atomic_write_text
@@ -177,31 +177,6 @@ def settings_for(args: argparse.Namespace) -> PhaseSettings:
         cpt=base.cpt,
         finetune=base.finetune,
     )
-
-
-def machine() -> dict[str, str]:
-    cpu = platform.processor() or platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    memory = "?"
-    try:
-        kb = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
-        memory = f"{kb / 2**20:.0f} GiB"
-    except (OSError, StopIteration, ValueError):
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return {
-        "cpu": cpu,
-        "cores": str(cores),
-        "memory": memory,
-        "gpu": gpu,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-    }
 
 
 class SeededLocalExecutor(LocalExecutor):
@@ -305,7 +280,7 @@ def mean(values: Sequence[float]) -> float:
     return statistics.fmean(values) if values else float("nan")
 
 
-def render(args, argv, grid, info, corpus, cached: RunStats, baseline: RunStats, total_chains: int, load: tuple, started_at: str, run_seconds: float,
+def render(args, argv, grid, info: str, corpus, cached: RunStats, baseline: RunStats, total_chains: int, load: tuple, started_at: str, run_seconds: float,
            warmup_seconds: float) -> str:
     expected = expected_builds(args)
     measured_baseline = baseline.chains == total_chains
@@ -320,8 +295,7 @@ def render(args, argv, grid, info, corpus, cached: RunStats, baseline: RunStats,
         "# Phase cache savings on the paper's grid shape",
         "",
         f"- date: {started_at}; total benchmark run time {run_seconds / 60:.1f} min",
-        f"- machine: {info['cores']} CPU cores ({info['cpu']}), {info['memory']} RAM, GPU: {info['gpu']}; "
-        f"Python {info['python']}, torch {info['torch']}; torch intra-op threads: {threads}",
+        f"- machine: {info}; torch intra-op threads: {threads}",
         f"- load average (1 min) at start / end: {load[0]:.1f} / {load[1]:.1f} (a shared VM: other jobs ran on the same 2 cores, so the wall times are noisy)",
         f"- command: `{' '.join(shlex.quote(a) for a in ['.venv/bin/python', 'bench/cache_savings.py', *argv])}`",
         f"- corpus: generated (`DemoCorpusConfig(utterances_per_session={args.utterances_per_session}, median_duration_s=1.2, max_duration_s=3.0, seed=7)`): "
@@ -492,7 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.workdir is None:
             shutil.rmtree(root, ignore_errors=True)
 
-    text = render(args, argv, grid, machine(), corpus, cached, baseline, total_chains, (load_start, os.getloadavg()[0]), started_at, time.perf_counter() - bench_started,
+    text = render(args, argv, grid, describe_machine(), corpus, cached, baseline, total_chains, (load_start, os.getloadavg()[0]), started_at, time.perf_counter() - bench_started,
                   warmup_seconds)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.output, text)
