@@ -41,12 +41,10 @@ and checked against ``FoldResult.built``; per-phase wall times come from the
 threads: on the 2-vCPU bench VM one thread is faster than two for the tiny
 encoder (see bench/results/ray_overhead.md) and leaves the other core free.
 
-Reproducibility: the phases seed their training loop, but the model (its heads)
-is built from torch's global RNG before that, and HF HuBERT's SpecAugment masks
-draw from numpy's global RNG, so a rebuilt artifact differs from the cached one
-with the same key. ``--seed-phases`` wraps ``LocalExecutor`` to seed torch and
-numpy (seed 0) before every phase; the cached and uncached chains then give
-identical metrics. It is off by default: the timings are of the project as is.
+Reproducibility: every phase seeds torch's, numpy's and Python's global RNGs
+before it builds its model, so a chain built from scratch and the same chain
+through the shared cache give the same metrics; the results file counts the
+chains run both ways that agree.
 
 Run (as recorded in bench/results/cache_savings.md; about 7 min on 2 vCPUs):
 
@@ -78,7 +76,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from machine import describe_machine
@@ -141,7 +138,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the baseline sample (default 0)")
     parser.add_argument("--order", choices=("interleaved", "sequential"), default="interleaved",
                         help="interleaved (default): baseline chains spread between the cached ones; sequential: all cached, then all baseline")
-    parser.add_argument("--seed-phases", action="store_true", help="seed torch and numpy's global RNGs before every phase (see the docstring)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1; 0 = leave torch's default)")
     parser.add_argument("--workdir", type=Path, default=None, help="where corpus, encoder and caches go (default: a temporary directory, removed)")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"results markdown (default {RESULTS.relative_to(Path(__file__).parent.parent)})")
@@ -179,33 +175,9 @@ def settings_for(args: argparse.Namespace) -> PhaseSettings:
     )
 
 
-class SeededLocalExecutor(LocalExecutor):
-    """``LocalExecutor`` that resets torch's and numpy's global RNGs before every phase (``--seed-phases``)."""
-
-    @staticmethod
-    def _seed() -> None:
-        torch.manual_seed(0)
-        np.random.seed(0)
-
-    def train(self, phase: str, out: Path, **kwargs: Any) -> None:
-        self._seed()
-        super().train(phase, out, **kwargs)
-
-    def embed(self, out: Path, **kwargs: Any) -> None:
-        self._seed()
-        super().embed(out, **kwargs)
-
-    def cluster(self, out: Path, **kwargs: Any) -> None:
-        self._seed()
-        super().cluster(out, **kwargs)
-
-
-EXECUTOR: LocalExecutor = LocalExecutor()
-
-
 def run_chain(utterances, test_session: int, candidate: Candidate, settings: PhaseSettings, encoder: Path, classes, cache: ArtifactCache,
               embed_layers: Sequence[int] | None) -> FoldResult:
-    return run_fold_chain(utterances, test_session, Protocol(), candidate, settings, str(encoder), classes, cache, EXECUTOR, embed_layers=embed_layers)
+    return run_fold_chain(utterances, test_session, Protocol(), candidate, settings, str(encoder), classes, cache, LocalExecutor(), embed_layers=embed_layers)
 
 
 def baseline_sample(args, grid, count: int | None) -> list[tuple[int, Candidate]]:
@@ -379,8 +351,7 @@ def render(args, argv, grid, info: str, corpus, cached: RunStats, baseline: RunS
     ]
     same = [key for key in baseline.results if key in cached.results]
     agree = sum(1 for key in same if baseline.results[key].test == cached.results[key].test)
-    lines += ["", f"Same test metrics with and without the cache: {agree} of the {len(same)} chains run both ways"
-              f" ({'phases seeded with --seed-phases' if args.seed_phases else 'phases not re-seeded: see below'})."]
+    lines += ["", f"Same test metrics with and without the cache: {agree} of the {len(same)} chains run both ways."]
     if not measured_baseline:
         sample = ", ".join(f"f{fold}/L{c.layer}/K{c.clusters}/{c.pooling[:3]}" for fold, c in baseline.results)
         lines += ["", f"Baseline sample (seed {args.seed}, stratified over folds): {sample}."]
@@ -398,11 +369,9 @@ def render(args, argv, grid, info: str, corpus, cached: RunStats, baseline: RunS
         "measured here: with HuBERT-base on a GPU, TAPT and CPT take minutes per epoch and fine-tuning a comparable time, so the "
         "wall-time saving should stay close to the run-count saving, driven by the TAPT (5 vs 90) and CPT (45 vs 90) counts; "
         "the tiny encoder's phases are about a second each and noisy on a shared VM.",
-        "- Rebuilding a phase does not reproduce its cached artifact: the model and its heads are built from torch's global RNG "
-        "before `fit` seeds it, and HF HuBERT's SpecAugment (`apply_spec_augment=True`) draws its masks from numpy's global RNG, so "
-        "a phase's output depends on what ran earlier in the process. The cache's counts and timings are unaffected, but a cached "
-        "chain and a from-scratch chain with the same keys can report different metrics. Seeding both global RNGs before every "
-        "phase (`--seed-phases`) makes them agree.",
+        "- A phase built from scratch reproduces the cached artifact with the same key: every phase seeds torch's, numpy's and "
+        "Python's global RNGs before it builds its model (HF HuBERT's SpecAugment draws from numpy's), so the chains run both "
+        "ways report the same metrics (the count above).",
         "",
     ]
     return "\n".join(lines)
@@ -416,8 +385,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.setLevel(logging.INFO)
     if args.threads:
         torch.set_num_threads(args.threads)
-    global EXECUTOR
-    EXECUTOR = SeededLocalExecutor() if args.seed_phases else LocalExecutor()
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         from transformers.utils import logging as hf_logging

@@ -1,4 +1,4 @@
-"""Soak: a study of many cheap trials, watched for leaked Ray resources, driver memory growth and hangs.
+"""Soak: a study of many cheap trials, watched for leaked Ray resources, memory growth and hangs.
 
 The study is ``search_spaces/smoke.yaml`` on a small generated corpus with a
 tiny random encoder, two folds, one epoch per phase, and a search space of ONE
@@ -17,7 +17,10 @@ Checked (exit status 1 if any check fails):
   placement group is left unremoved, and the only live actor is the cache
   coordinator (nothing leaked by finished trials);
 * the driver's resident memory, sampled as each trial ends, grows by less than
-  ``--rss-bound-mib`` from the ``--warmup``-th trial to the last.
+  ``--rss-bound-mib`` from the ``--warmup``-th trial to the last;
+* the resident memory of every Ray worker process alive at that trial (the
+  reused trial actors, the workers that run fold tasks) grows by less than
+  ``--worker-rss-bound-mib`` up to the last trial or the worker's exit.
 
 Run (as recorded in bench/results/soak.md):
 
@@ -63,23 +66,58 @@ ENCODER = TinyEncoderConfig(hidden_size=32, num_layers=3, intermediate_size=64)
 logger = logging.getLogger("soak")
 
 
-class DriverMemory(tune.Callback):
-    """Samples the driver's resident memory each time a trial ends (in the driver process)."""
+def ray_workers() -> dict[str, tuple[str, float]]:
+    """Every Ray worker process on this machine: pid -> (its title now, its resident memory in MiB).
+
+    Ray titles its workers ``ray::<what runs>`` (``ray::ImplicitFunc`` for a
+    trial's reused actor, ``ray::_run_fold`` while a fold task runs,
+    ``ray::IDLE`` for a pooled worker between tasks); the title changes, the pid does not.
+    """
+    found: dict[str, tuple[str, float]] = {}
+    for process in psutil.process_iter(["pid", "cmdline", "memory_info"]):
+        title = " ".join(process.info["cmdline"] or [])
+        if title.startswith("ray::") and process.info["memory_info"] is not None:
+            found[str(process.info["pid"])] = (title.split()[0], round(process.info["memory_info"].rss / 2**20, 1))
+    return found
+
+
+class MemorySampler(tune.Callback):
+    """Samples the resident memory of the driver and of the Ray workers each time a trial ends (in the driver process)."""
 
     def __init__(self) -> None:
-        self.samples: list[dict[str, float]] = []  # plain data only: Tune pickles its callbacks with the experiment
+        self.samples: list[dict[str, Any]] = []  # plain data only: Tune pickles its callbacks with the experiment
         self.started = time.monotonic()
 
     def _sample(self, status: str) -> None:
         rss = psutil.Process(os.getpid()).memory_info().rss
+        workers = ray_workers()
         self.samples.append({"trial": len(self.samples) + 1, "status": status, "seconds": round(time.monotonic() - self.started, 2),
-                             "rss_mib": round(rss / 2**20, 1)})
+                             "rss_mib": round(rss / 2**20, 1), "workers": len(workers), "workers_rss_mib": round(sum(r for _, r in workers.values()), 1),
+                             "worker_rss_mib": {pid: rss for pid, (_, rss) in workers.items()},
+                             "worker_title": {pid: title for pid, (title, _) in workers.items()}})
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self._sample("complete")
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self._sample("error")
+
+
+def worker_growth(samples: list[dict[str, Any]], warmup: int) -> tuple[float, str]:
+    """The largest RSS growth (MiB) of one Ray worker process after trial ``warmup``, and which process.
+
+    For each worker alive at trial ``warmup``: its largest later RSS minus its
+    RSS then (a worker that exits before the last trial counts up to its exit).
+    """
+    if not samples:
+        return 0.0, "none"
+    start = min(warmup, len(samples)) - 1
+    first = samples[start]["worker_rss_mib"]
+    growth = {pid: max(s["worker_rss_mib"].get(pid, rss) for s in samples[start:]) - rss for pid, rss in first.items()}
+    if not growth:
+        return 0.0, "none"
+    pid = max(growth, key=growth.get)
+    return round(growth[pid], 1), f"pid {pid}, {samples[start]['worker_title'][pid]}"
 
 
 def make_inputs(workdir: Path) -> tuple[Path, Path]:
@@ -121,7 +159,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "search.algorithm=tpe", f"search.num_trials={args.trials}", f"search.max_concurrent={args.max_concurrent}",
     ]
     config = load_study(REPO / "search_spaces" / "smoke.yaml", overrides)
-    memory = DriverMemory()
+    memory = MemorySampler()
     started = time.monotonic()
     ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
     try:
@@ -136,6 +174,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     rss = [s["rss_mib"] for s in memory.samples]
     warm = rss[min(args.warmup, len(rss)) - 1] if rss else 0.0
     growth = (max(rss[min(args.warmup, len(rss)) - 1:]) - warm) if rss else 0.0
+    workers_growth, grown_worker = worker_growth(memory.samples, args.warmup)
     result = {
         "trials": args.trials,
         "max_concurrent": args.max_concurrent,
@@ -150,6 +189,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "rss_mib_last": rss[-1] if rss else 0.0,
         "rss_growth_mib": round(growth, 1),
         "rss_bound_mib": args.rss_bound_mib,
+        "worker_rss_growth_mib": workers_growth,
+        "worker_rss_bound_mib": args.worker_rss_bound_mib,
+        "worker_grown_most": grown_worker,
         "warmup": args.warmup,
         "samples": memory.samples,
     }
@@ -161,6 +203,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "no placement group left": held["placement_groups_left"] == 0,
         "only the cache coordinator alive": held["live_actors"] in ([], ["CacheCoordinator"]),
         f"driver RSS growth < {args.rss_bound_mib} MiB after trial {args.warmup}": growth < args.rss_bound_mib,
+        f"no Ray worker's RSS grows by {args.worker_rss_bound_mib} MiB after trial {args.warmup}": workers_growth < args.worker_rss_bound_mib,
         f"finished within {args.timeout_s} s": wall < args.timeout_s,
     }
     return result
@@ -188,16 +231,19 @@ def write_results(result: dict[str, Any], command: str, path: Path) -> None:
         f"placement groups left {result['leaks']['placement_groups_left']}, live actors {result['leaks']['live_actors']}",
         f"- driver RSS: {result['rss_mib_at_warmup']} MiB after trial {result['warmup']}, {result['rss_mib_last']} MiB after the last; "
         f"growth {result['rss_growth_mib']} MiB (bound {result['rss_bound_mib']} MiB)",
+        f"- Ray workers (the reused trial actors, the workers that run fold tasks): the largest RSS growth of one worker alive at trial "
+        f"{result['warmup']}, up to the last trial or its exit: {result['worker_rss_growth_mib']} MiB ({result['worker_grown_most']}; "
+        f"bound {result['worker_rss_bound_mib']} MiB)",
         "",
         "| check | passed |",
         "| --- | --- |",
         *[f"| {name} | {'yes' if ok else '**no**'} |" for name, ok in result["checks"].items()],
         "",
-        "## Driver memory as trials end",
+        "## Memory as trials end",
         "",
-        "| trial | seconds | RSS (MiB) |",
-        "| --- | --- | --- |",
-        *[f"| {s['trial']} | {s['seconds']} | {s['rss_mib']} |" for s in samples[::every] + ([samples[-1]] if samples and (len(samples) - 1) % every else [])],
+        "| trial | seconds | driver RSS (MiB) | Ray workers | their RSS, summed (MiB) |",
+        "| --- | --- | --- | --- | --- |",
+        *[f"| {s['trial']} | {s['seconds']} | {s['rss_mib']} | {s['workers']} | {s['workers_rss_mib']} |" for s in samples[::every] + ([samples[-1]] if samples and (len(samples) - 1) % every else [])],
         "",
     ]
     path.write_text("\n".join(lines))
@@ -209,6 +255,9 @@ def main() -> int:
     parser.add_argument("--max-concurrent", type=int, default=2, help="trials at a time")
     parser.add_argument("--warmup", type=int, default=10, help="RSS growth is measured from the end of this trial on")
     parser.add_argument("--rss-bound-mib", type=float, default=150.0, help="allowed driver RSS growth after the warm-up")
+    # A reused trial actor grows by about 1-3 MiB per trial it runs (native memory, see bench/results/soak.md);
+    # each of the 2 actors runs about 45 trials after the warm-up.
+    parser.add_argument("--worker-rss-bound-mib", type=float, default=300.0, help="allowed RSS growth of one Ray worker after the warm-up")
     parser.add_argument("--timeout-s", type=float, default=1800.0, help="the study must end within this")
     parser.add_argument("--workdir", type=Path, help="where the corpus and study go (default: a temporary directory)")
     parser.add_argument("--json", type=Path, help="also write the measurements here")

@@ -125,9 +125,9 @@ def run_study(config: StudyConfig, address: str | None = None, callbacks: Sequen
                 search_alg=make_search_alg(config),
                 scheduler=make_scheduler(config),
                 num_samples=config.num_trials(),
-                # The next trial runs in the finished trial's actor: a new actor is a new Python process
-                # importing torch and Ray (seconds each), and the trial function keeps no state between calls.
-                reuse_actors=True,
+                # The trial function keeps no state between calls, so an actor can run trial after trial
+                # (search.reuse_actors: the default saves a process start per trial).
+                reuse_actors=config.search.reuse_actors,
             ),
             run_config=tune.RunConfig(
                 name=paths.TUNE_NAME,

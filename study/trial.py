@@ -90,6 +90,10 @@ def _run_fold(study_dir: str, test_session: int, candidate: Candidate) -> dict[s
     return result.to_dict()
 
 
+#: The fold task, made once: each ``ray.remote(fn)`` is a new function that Ray exports and its workers load again.
+_RUN_FOLD = ray.remote(max_retries=FOLD_TASK_RETRIES)(_run_fold)
+
+
 def _fold_task(study: StudyConfig):
     """The fold task with the resources the study gives a fold, outside the trial's placement group."""
     if study.resources.executor == "ray":
@@ -97,9 +101,7 @@ def _fold_task(study: StudyConfig):
         resources = {"num_cpus": 0.01, "num_gpus": 0}
     else:
         resources = {"num_cpus": study.resources.cpus_per_fold, "num_gpus": study.resources.gpus_per_fold}
-    return ray.remote(_run_fold).options(
-        **resources, max_retries=FOLD_TASK_RETRIES, scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None)
-    )
+    return _RUN_FOLD.options(**resources, scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
 
 
 def fold_metrics(folds: list[dict[str, Any]]) -> dict[str, float]:

@@ -10,7 +10,7 @@ Each case builds one kind of bad input under ``tmp_path``, runs the real command
 
 The table of every case, with the messages, is docs/bad_input.md. Kinds that are excluded and
 reported rather than fatal (a corrupt wav, an unknown label) are tested at the end of this file.
-Known gaps (an unreachable MLflow server, a Ray address that does not answer) are listed in the doc.
+Two kinds that once were gaps (an unreachable MLflow server, a Ray address that does not answer) are now cases too; see the doc.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A soak of 100 cheap trials through bench/soak.py: no leaked Ray resources, bounded driver memory, no hang."""
+"""A soak of 100 cheap trials through bench/soak.py: no leaked Ray resources, bounded driver and Ray worker memory, no hang."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ SOAK = Path(__file__).resolve().parents[1] / "bench" / "soak.py"
 TRIALS = 100
 
 
-def test_a_hundred_cheap_trials_leak_nothing_and_keep_the_driver_memory_bounded(tmp_path):
+def test_a_hundred_cheap_trials_leak_nothing_and_keep_memory_bounded(tmp_path):
     out = tmp_path / "soak.json"
     done = subprocess.run([sys.executable, str(SOAK), "--trials", str(TRIALS), "--no-write", "--json", str(out), "--workdir", str(tmp_path / "work"),
                            "--timeout-s", "900"], capture_output=True, text=True, timeout=1200)

@@ -160,7 +160,7 @@ def test_defaults_of_a_minimal_file(tmp_path, monkeypatch):
     assert config.encoder == "org/model"  # not an existing path: a hub id, kept as given
     assert config.folds == "all" and config.phases.preset == "hubert"
     assert config.storage.study_dir == str(tmp_path / "studies" / "mini")
-    assert config.search.max_concurrent == 2 and config.search.early_stopping == "none"
+    assert config.search.max_concurrent == 2 and config.search.early_stopping == "none" and config.search.reuse_actors is True
     assert config.resources.cpus_per_fold == 1 and config.resources.gpus_per_fold == 0
     assert config.search.space.grid_size() == 1
 
@@ -278,6 +278,12 @@ def test_repeated_yaml_key_is_refused():
     text = SHIPPED["smoke"].read_text() + "\nname: again\n"
     with pytest.raises(StudyConfigError, match="'name' twice"):
         parse_study(text, "twice.yaml")
+
+
+def test_actor_reuse_can_be_turned_off_for_very_long_studies():
+    assert load_study(SHIPPED["tpe"], ["search.reuse_actors=false"]).search.reuse_actors is False
+    with pytest.raises(StudyConfigError, match=r"search\.reuse_actors"):
+        load_study(SHIPPED["tpe"], ["search.reuse_actors=sometimes"])
 
 
 def test_invalid_value_from_an_override_names_the_override():

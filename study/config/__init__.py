@@ -33,6 +33,7 @@ silently ignored setting)::
       grace_folds: 2                 # median: no stop before this many folds are done
       min_trials: 3                  # median: trials needed at a fold count before any stop
       startup_trials: 10             # tpe: random trials before TPE models the space
+      reuse_actors: true             # next trial in a finished trial's process (false: a fresh one each)
     objective: {metric: val_ua_mean, mode: max}
     resources:
       executor: local                # local | ray

@@ -274,6 +274,10 @@ class SearchSettings(_Strict):
     grace_folds: int = Field(2, ge=1)
     min_trials: int = Field(3, ge=1)
     startup_trials: int = Field(10, ge=0)
+    #: Run the next trial in a finished trial's actor (a new actor is a new process importing torch and Ray,
+    #: seconds each). A reused actor's memory grows by 1-3 MiB per trial (bench/results/soak.md): turn this
+    #: off for studies of many hundreds of trials.
+    reuse_actors: bool = True
 
     @field_validator("early_stopping", mode="before")
     @classmethod
