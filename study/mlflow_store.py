@@ -17,7 +17,6 @@ import contextlib
 import fcntl
 import json
 import logging
-import math
 import os
 import random
 import re
@@ -182,11 +181,6 @@ def uri_of_run(run_id: str, uri: str | None = None) -> str:
 # ----------------------------------------------------------------------------
 # Values
 # ----------------------------------------------------------------------------
-
-
-def finite(value: Any) -> bool:
-    """A real, finite number (not a bool): what MLflow can store as a metric."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -21,17 +21,17 @@ Layout in MLflow::
 from __future__ import annotations
 
 import json
-import os
 import logging
+import os
 import re
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
+from study.audit import PHASES, log_audit
 from study.mlflow_store import (
     ensure_experiment,
-    finite,
     flatten,
     get_client,
     log_batch,
@@ -45,6 +45,7 @@ from study.mlflow_store import (
     with_retries,
 )
 from study.report import Report, confusion_figure, trial_metrics, write_png
+from study.report.model import SEARCHED, finite
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +60,6 @@ STUDY_DIR_TAG = "ser_study.study_dir"
 SESSION_TAG = "ser_study.test_session"
 PARENT_TAG = "mlflow.parentRunId"
 SUMMARY_RUN_NAME = "study-summary"
-SEARCHED = ("layer", "clusters", "mask_ratio", "pooling")
-PHASE_ORDER = ("tapt", "embeddings", "clustering", "cpt", "finetune")
 
 
 # ----------------------------------------------------------------------------
@@ -123,7 +122,7 @@ def _history_metrics(history: Mapping[str, Any], timestamp: int) -> list[Any]:
 def _phases(fold: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     built = [str(p) for p in fold.get("built") or []]
     known = list(fold.get("artifacts") or {})
-    ordered = [p for p in PHASE_ORDER if p in known] + [p for p in known if p not in PHASE_ORDER]
+    ordered = [p for p in PHASES if p in known] + [p for p in known if p not in PHASES]
     return built, [p for p in ordered if p not in built]
 
 
@@ -437,8 +436,6 @@ class TrialTracker:
 
     def log_audit(self, audit: Any) -> None:
         """Attach a trial's leakage audit (:class:`study.audit.TrialAudit`) to its run."""
-        from study.audit import log_audit  # the audit module uses this one
-
         if self.run_id is not None:
             self._guard("audit", log_audit, self.run_id, audit, uri=self.uri)
 

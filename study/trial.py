@@ -33,7 +33,7 @@ from study import paths, storage
 from study.audit import audit_trial
 from study.cache import ArtifactCache
 from study.chain import FoldResult, run_fold_chain
-from study.config import StudyConfig, load_resolved_study
+from study.config import SEARCHED_PARAMS, StudyConfig, load_resolved_study
 from study.coordinator import LeaseClient, get_coordinator
 from study.tracking import STUDY_DIR_TAG, TrialTracker
 from trainables.data.folds import build_fold
@@ -44,7 +44,6 @@ from trainables.phases.settings import Candidate
 
 logger = logging.getLogger(__name__)
 
-SEARCHED = ("layer", "clusters", "mask_ratio", "pooling")
 #: Attempts after the first for a fold whose worker process or node died (a preempted node, the OOM killer).
 #: A phase that raises is not retried (Ray's retry_exceptions is off): the trial fails with its cause.
 #: A retry finds the phases already built in the cache and resumes the interrupted one from its checkpoint.
@@ -53,9 +52,9 @@ FOLD_TASK_RETRIES = 2
 
 def candidate_of(config: dict[str, Any]) -> Candidate:
     """The searched hyperparameters of a trial's config."""
-    missing = [name for name in SEARCHED if name not in config]
+    missing = [name for name in SEARCHED_PARAMS if name not in config]
     if missing:
-        raise ValueError(f"trial config lacks {missing}; it needs study_dir and {list(SEARCHED)}")
+        raise ValueError(f"trial config lacks {missing}; it needs study_dir and {list(SEARCHED_PARAMS)}")
     return Candidate(layer=int(config["layer"]), clusters=int(config["clusters"]), mask_ratio=float(config["mask_ratio"]), pooling=str(config["pooling"]))
 
 
@@ -131,7 +130,7 @@ def run_trial(config: dict[str, Any]) -> None:
     protocol = study.protocol()
     record: dict[str, Any] = {
         "trial_id": trial_id,
-        "params": {name: getattr(candidate, name) for name in SEARCHED},
+        "params": {name: getattr(candidate, name) for name in SEARCHED_PARAMS},
         "status": "partial",
         "error": None,
         "protocol": {"strict": protocol.strict, "description": protocol.describe()},
