@@ -30,7 +30,6 @@ Run (as recorded in bench/results/cpu_threads.md; about 5 minutes on 2 vCPUs):
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shlex
 import shutil
@@ -54,6 +53,8 @@ from trainables.data.iemocap import read_iemocap
 from trainables.data.labels import get_label_set
 from trainables.executors import LocalExecutor
 from trainables.models.encoder import TinyEncoderConfig, make_tiny_encoder
+from trainables.phases.artifacts import read_record
+from trainables.phases.clustering import LABELS_FILE
 from trainables.phases.mfcc_pretrain import pretrain_on_mfcc_clusters
 from trainables.phases.settings import Candidate, Protocol, smoke_settings
 
@@ -82,13 +83,10 @@ def make_inputs(workdir: Path, utterances_per_session: int, pretrain_epochs: int
     return utterances, encoder
 
 
-def file_hashes(cache: Path, result: FoldResult) -> dict[str, dict[str, str]]:
+def file_hashes(cache: ArtifactCache, result: FoldResult) -> dict[str, dict[str, str]]:
     """Phase -> {file: SHA-256} of the artifacts a chain built (from each artifact's record)."""
-    hashes = {}
-    for phase in PHASES:
-        record = json.loads((cache / phase / result.artifacts[phase] / "record.json").read_text())
-        hashes[phase] = {name: entry["sha256"] for name, entry in record["files"].items()}
-    return hashes
+    return {phase: {name: entry["sha256"] for name, entry in read_record(cache.path(phase, result.artifacts[phase]))["files"].items()}
+            for phase in PHASES}
 
 
 def label_agreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -106,10 +104,10 @@ def run_fold(utterances: list, encoder: Path, fold: int, threads: int, cache: Pa
     torch.set_num_threads(threads)
     classes = get_label_set("4class").classes
     started = time.perf_counter()
-    result = run_fold_chain(utterances, fold, Protocol(), CANDIDATE, smoke_settings(epochs=epochs), str(encoder), classes,
-                            ArtifactCache(cache), LocalExecutor())
-    labels = np.load(cache / "clustering" / result.artifacts["clustering"] / "labels.npy")
-    return {"seconds": time.perf_counter() - started, "val": result.val, "test": result.test, "hashes": file_hashes(cache, result), "labels": labels}
+    artifacts = ArtifactCache(cache)
+    result = run_fold_chain(utterances, fold, Protocol(), CANDIDATE, smoke_settings(epochs=epochs), str(encoder), classes, artifacts, LocalExecutor())
+    labels = np.load(artifacts.path("clustering", result.artifacts["clustering"]) / LABELS_FILE)
+    return {"seconds": time.perf_counter() - started, "val": result.val, "test": result.test, "hashes": file_hashes(artifacts, result), "labels": labels}
 
 
 def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
