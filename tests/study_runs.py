@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import csv
 import io
 import json
@@ -50,6 +51,13 @@ def study_args(manifest: Path, encoder: Path, study_dir: Path, *extra: str) -> l
 def cache_events(study_dir: Path) -> list[dict[str, Any]]:
     """The phase cache's events (hits, builds, corrupt artifacts), oldest first."""
     return [json.loads(p.read_text()) for p in sorted((paths.cache_dir(study_dir) / "events").glob("*.json"))]
+
+
+def built_phases(study_dir: Path) -> collections.Counter:
+    """How many artifacts of each phase the study's cache built (from its events); an artifact built twice fails the test."""
+    built = [(e["phase"], e["key"]) for e in cache_events(study_dir) if e["event"] == "built"]
+    assert len(built) == len(set(built)), f"an artifact was built twice: {built}"
+    return collections.Counter(phase for phase, _ in built)
 
 
 def trial_names(study_dir: Path) -> dict[str, str]:

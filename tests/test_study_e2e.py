@@ -14,14 +14,7 @@ import pytest
 from study import paths
 from study.cli import main
 from study.trial import read_trial_records
-from study_runs import cache_events, cli, study_args
-
-
-def built_phases(study_dir: Path) -> collections.Counter:
-    events = cache_events(study_dir)
-    built = [(e["phase"], e["key"]) for e in events if e["event"] == "built"]
-    assert len(built) == len(set(built)), f"an artifact was built twice: {built}"
-    return collections.Counter(phase for phase, _ in built)
+from study_runs import built_phases, cli, study_args
 
 
 def test_a_study_shares_phases_between_trials_and_lands_in_mlflow(small_manifest, tiny_encoder, tmp_path, capsys):
