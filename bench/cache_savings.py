@@ -79,15 +79,17 @@ from typing import Any, Sequence
 import torch
 
 from machine import describe_machine
-from study.cache import ArtifactCache
-from study.chain import FoldResult, run_fold_chain
+from study.cache.store import ArtifactCache
+from study.cache.chain import FoldResult, run_fold_chain
 from trainables.atomic import atomic_write_text
 from trainables.data.demo_corpus import DemoCorpusConfig, generate_demo_corpus
 from trainables.data.iemocap import read_iemocap
 from trainables.data.labels import get_label_set
 from trainables.executors import LocalExecutor
-from trainables.models.encoder import TinyEncoderConfig, make_tiny_encoder, read_encoder_info
-from trainables.phases.settings import Candidate, KMeansSettings, PhaseSettings, Protocol, smoke_settings
+from trainables.config import TinyEncoderConfig
+from trainables.models.encoder import make_tiny_encoder, read_encoder_info
+from trainables.config import Candidate, KMeansSettings, PhaseSettings, smoke_settings
+from trainables.data.folds import FoldProtocol
 
 RESULTS = Path(__file__).parent / "results" / "cache_savings.md"
 PHASES = ("tapt", "embeddings", "clustering", "cpt", "finetune")
@@ -177,7 +179,7 @@ def settings_for(args: argparse.Namespace) -> PhaseSettings:
 
 def run_chain(utterances, test_session: int, candidate: Candidate, settings: PhaseSettings, encoder: Path, classes, cache: ArtifactCache,
               embed_layers: Sequence[int] | None) -> FoldResult:
-    return run_fold_chain(utterances, test_session, Protocol(), candidate, settings, str(encoder), classes, cache, LocalExecutor(), embed_layers=embed_layers)
+    return run_fold_chain(utterances, test_session, FoldProtocol(), candidate, settings, str(encoder), classes, cache, LocalExecutor(), embed_layers=embed_layers)
 
 
 def baseline_sample(args, grid, count: int | None) -> list[tuple[int, Candidate]]:
@@ -276,7 +278,7 @@ def render(args, argv, grid, info: str, corpus, cached: RunStats, baseline: RunS
         "each run's wall time = the sum of its chains' `run_fold_chain` wall times)",
         f"- a warm-up chain (fold {args.folds[0]}, first candidate, own cache, not counted) ran first: {warmup_seconds:.1f} s",
         f"- encoder: tiny random HuBERT (`TinyEncoderConfig(hidden_size={args.hidden_size}, num_layers={args.encoder_layers})`), `LocalExecutor`, one chain at a time",
-        f"- phases: `smoke_settings(epochs={args.epochs})` with k-means `max_fit_frames={args.kmeans_fit_frames}`; strict protocol (`Protocol()`); mask ratio {args.mask_ratio}",
+        f"- phases: `smoke_settings(epochs={args.epochs})` with k-means `max_fit_frames={args.kmeans_fit_frames}`; strict protocol (`FoldProtocol()`); mask ratio {args.mask_ratio}",
         "",
         "## Grid mapping",
         "",
@@ -416,7 +418,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         corpus = {"utterances": len(utterances), "seconds": sum(u.duration_s for u in utterances)}
         logger.info("corpus: %d utterances, %.0f s; grid: %d candidates x %d folds = %d chains", corpus["utterances"], corpus["seconds"], len(grid), len(args.folds), total_chains)
         settings = settings_for(args)
-        settings.validate()
 
         for path in root.glob("cache-*"):  # a reused --workdir starts from empty caches
             shutil.rmtree(path)

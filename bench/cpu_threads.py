@@ -45,18 +45,20 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from machine import describe_machine
-from study.cache import ArtifactCache
-from study.chain import FoldResult, run_fold_chain
+from study.cache.store import ArtifactCache
+from study.cache.chain import FoldResult, run_fold_chain
 from trainables.atomic import atomic_write_text
 from trainables.data.demo_corpus import DemoCorpusConfig, generate_demo_corpus
 from trainables.data.iemocap import read_iemocap
 from trainables.data.labels import get_label_set
 from trainables.executors import LocalExecutor
-from trainables.models.encoder import TinyEncoderConfig, make_tiny_encoder
+from trainables.config import TinyEncoderConfig
+from trainables.models.encoder import make_tiny_encoder
 from trainables.phases.artifacts import read_record
 from trainables.phases.clustering import LABELS_FILE
 from trainables.phases.mfcc_pretrain import pretrain_on_mfcc_clusters
-from trainables.phases.settings import Candidate, Protocol, smoke_settings
+from trainables.config import Candidate, smoke_settings
+from trainables.data.folds import FoldProtocol
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "cpu_threads.md"
@@ -105,7 +107,7 @@ def run_fold(utterances: list, encoder: Path, fold: int, threads: int, cache: Pa
     classes = get_label_set("4class").classes
     started = time.perf_counter()
     artifacts = ArtifactCache(cache)
-    result = run_fold_chain(utterances, fold, Protocol(), CANDIDATE, smoke_settings(epochs=epochs), str(encoder), classes, artifacts, LocalExecutor())
+    result = run_fold_chain(utterances, fold, FoldProtocol(), CANDIDATE, smoke_settings(epochs=epochs), str(encoder), classes, artifacts, LocalExecutor())
     labels = np.load(artifacts.path("clustering", result.artifacts["clustering"]) / LABELS_FILE)
     return {"seconds": time.perf_counter() - started, "val": result.val, "test": result.test, "hashes": file_hashes(artifacts, result), "labels": labels}
 

@@ -6,7 +6,7 @@ job with 1 and 2 gloo workers on the local CPU cluster), it records wall-clock
 timestamps: the call, the rank-0 worker's start (Ray only), the first training
 step (the first forward in training mode), the start of the last epoch report
 (after the last epoch's steps and validation) and the return. Both executors'
-runtimes carry the same :class:`~trainables.ray_train.StepTrace`. It also times
+runtimes carry the same :class:`StepTimes` hook. It also times
 the embedding pass and k-means, which the Ray executor runs as Ray tasks.
 
 Two workloads: ``tiny`` (the tests' size: 8 training and 4 validation
@@ -40,11 +40,14 @@ from trainables.data.folds import build_fold
 from trainables.data.iemocap import read_iemocap
 from trainables.data.labels import get_label_set
 from trainables.executors import LocalExecutor
-from trainables.kmeans import KMeansConfig
-from trainables.models.encoder import TinyEncoderConfig, make_tiny_encoder
+from trainables.config import KMeansConfig
+from trainables.config import TinyEncoderConfig
+from trainables.models.encoder import make_tiny_encoder
 from trainables.phases.artifacts import encoder_dir
-from trainables.phases.settings import Protocol, smoke_settings
-from trainables.ray_train import POLL_INTERVAL_ENV, RayExecutor, RayResources, StepTrace
+from trainables.config import smoke_settings
+from trainables.data.folds import FoldProtocol
+from trainables.config import RayResources
+from trainables.ray_train import POLL_INTERVAL_ENV, RayExecutor
 from trainables.runtime import LocalRuntime
 
 RESULTS = Path(__file__).parent / "results" / "ray_overhead.md"
@@ -60,19 +63,49 @@ EXECUTORS: dict[str, tuple] = {
 SLOW_POLL = "ray, 1 worker, Ray's 2 s poll"
 
 
+class StepTimes:
+    """Wall-clock timestamps of one rank: its start, first and last training step, last epoch report.
+
+    A :class:`~trainables.ray_train.WorkerHook` for the Ray runtime, and the
+    same timestamps for the local one (:class:`TracedLocalRuntime`). A forward
+    in training mode is a training step; evaluation runs in eval mode.
+    Timestamps are ``time.time()`` so that the driver can compare them with its own clock.
+    """
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.first_step: float | None = None
+        self.last_step: float | None = None
+        self.last_report: float | None = None
+
+    def attach(self, model) -> None:
+        model.register_forward_pre_hook(self._on_forward)
+
+    def _on_forward(self, module, args) -> None:
+        if module.training:
+            self.first_step = self.first_step or time.time()
+            self.last_step = time.time()
+
+    def on_report(self, runtime, metrics) -> None:
+        self.last_report = time.time()
+
+    def summary(self) -> dict[str, Any]:
+        return {"started": self.started, "first_step": self.first_step, "last_step": self.last_step, "last_report": self.last_report}
+
+
 class TracedLocalRuntime(LocalRuntime):
     """A :class:`LocalRuntime` that keeps the same timestamps as the Ray runtime."""
 
     def __init__(self, checkpoint_dir: Path | None = None):
         super().__init__(checkpoint_dir)
-        self.trace = StepTrace()
+        self.trace = StepTimes()
 
     def wrap(self, model):
         self.trace.attach(model)
         return super().wrap(model)
 
     def report(self, metrics, state=None):
-        self.trace.on_report(metrics)
+        self.trace.on_report(self, metrics)
         super().report(metrics, state)
 
 
@@ -97,7 +130,7 @@ def time_local(kwargs: dict[str, Any], out: Path, threads: int) -> dict[str, flo
 
 def time_ray(kwargs: dict[str, Any], out: Path, workers: int, poll_s: float, storage: Path) -> dict[str, float]:
     os.environ[POLL_INTERVAL_ENV] = str(poll_s)  # read by TorchTrainer.fit() from this process's environment
-    executor = RayExecutor(RayResources(workers=workers), storage=storage, poll_interval_s=None)
+    executor = RayExecutor(RayResources(workers=workers), storage=storage, hooks=[StepTimes()], poll_interval_s=None)
     called = time.time()
     result = executor.train("tapt", out, **kwargs)
     returned = time.time()
@@ -129,7 +162,7 @@ def main() -> None:
         utterances = read_iemocap(corpus, get_label_set("4class")).utterances
         encoder = make_tiny_encoder(work / "encoder", TinyEncoderConfig())
         cfg = smoke_settings(epochs=args.epochs).tapt
-        fold = build_fold(utterances, Protocol().fold_spec(1))
+        fold = build_fold(utterances, FoldProtocol().fold_spec(1))
         by_id = {u.utt_id: u for u in utterances}
         fold_train, fold_val = [by_id[i] for i in fold.train.utt_ids], [by_id[i] for i in fold.val.utt_ids]
         tiny_train = [u for c in CLASSES for u in [v for v in fold_train if v.label == c][:2]]
@@ -137,7 +170,8 @@ def main() -> None:
         workloads = {"tiny": (tiny_train, tiny_val), "fold": (fold_train, fold_val)}
 
         started = time.time()
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=True, log_to_driver=False)
+        # The Ray Train workers import the StepTimes hook from this folder.
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=True, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}})
         ray_init_s = time.time() - started
 
         runs: list[tuple[str, str, dict[str, float]]] = []

@@ -47,16 +47,17 @@ import ray
 from ray import tune
 
 from machine import describe_machine
-from study.cache import ArtifactCache
-from study.config import load_study
-from study.paths import cache_dir
-from study.runner import run_study
-from study.trial import read_trial_records
+from study.cache.store import ArtifactCache
+from study.config.loading import load_study
+from study.io.layout import cache_dir
+from study.tune.runner import run_study
+from study.io.records import read_trial_records
 from trainables.data.demo_corpus import DemoCorpusConfig, generate_demo_corpus
 from trainables.data.iemocap import read_iemocap
 from trainables.data.labels import get_label_set
 from trainables.data.manifest import write_manifest
-from trainables.models.encoder import TinyEncoderConfig, make_tiny_encoder
+from trainables.config import TinyEncoderConfig
+from trainables.models.encoder import make_tiny_encoder
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "soak.md"
@@ -70,7 +71,7 @@ def ray_workers() -> dict[str, tuple[str, float]]:
     """Every Ray worker process on this machine: pid -> (its title now, its resident memory in MiB).
 
     Ray titles its workers ``ray::<what runs>`` (``ray::ImplicitFunc`` for a
-    trial's reused actor, ``ray::_run_fold`` while a fold task runs,
+    trial's reused actor, ``ray::run_fold`` while a fold task runs,
     ``ray::IDLE`` for a pooled worker between tasks); the title changes, the pid does not.
     """
     found: dict[str, tuple[str, float]] = {}

@@ -9,12 +9,12 @@ from typing import Sequence
 
 import torch
 
-from study import paths
-from study.cache import ArtifactCache
-from study.config import load_resolved_study
+from study.io import layout
+from study.cache.store import ArtifactCache
+from study.config.loading import load_resolved_study
 from study.errors import UserError
-from study.report import best_trial
-from study.trial import read_trial_records
+from study.report.model import best_trial
+from study.io.records import read_trial_records
 from trainables.data.audio import AudioError, load_waveform
 from trainables.phases.artifacts import classifier_dir
 from trainables.phases.classifier import EMOTION_TASK, load_classifier
@@ -40,7 +40,7 @@ def ensemble_dirs(study_dir: str | Path) -> tuple[dict, list[Path]]:
         raise UserError(f"{study_dir} has no complete trial yet; run or resume the study first")
     directories = []
     for fold in best["folds"]:
-        artifact = ArtifactCache(paths.cache_dir(study_dir)).fetch("finetune", fold["artifacts"]["finetune"])
+        artifact = ArtifactCache(layout.cache_dir(study_dir)).fetch("finetune", fold["artifacts"]["finetune"])
         directory = classifier_dir(artifact) if artifact is not None else None
         if directory is None or not directory.is_dir():
             raise UserError(f"the fold-{fold['test_session']} model of trial {best['trial_id']} is missing ({directory}); resume the study to rebuild it")

@@ -36,7 +36,8 @@ def small_utterances(small_corpus):
 @pytest.fixture(scope="session")
 def tiny_encoder(tmp_path_factory) -> Path:
     """A tiny randomly initialised HuBERT saved to disk, loaded through the real loading path."""
-    from trainables.models.encoder import TinyEncoderConfig, make_tiny_encoder
+    from trainables.config import TinyEncoderConfig
+    from trainables.models.encoder import make_tiny_encoder
 
     return make_tiny_encoder(tmp_path_factory.mktemp("encoder") / "tiny", TinyEncoderConfig(hidden_size=32, num_layers=3, intermediate_size=64))
 

@@ -13,9 +13,14 @@ knows about this module.
 
 from __future__ import annotations
 
+import logging
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+logger = logging.getLogger(__name__)
 
 SETTING_PREFIX = "SER_STUDY_FAULT_"
 INJECTED_MESSAGE = "CUDA out of memory. Tried to allocate 20.00 GiB (injected by tests/fault_injection.py)"
@@ -59,11 +64,61 @@ def oom_in_finetune() -> None:
     _before_finetune(fault)
 
 
+def _wait_until_report_consumed(timeout_s: float = 30.0) -> None:
+    """Block until the Ray Train controller has polled this worker's reports (a private Ray 2.60 API)."""
+    from trainables.ray_train import POLL_INTERVAL_ENV
+
+    try:
+        from ray.train.v2._internal.execution.context import get_train_context
+
+        queue = get_train_context().get_result_queue()
+    except Exception:  # another Ray version: wait out two poll intervals instead
+        time.sleep(2 * float(os.environ.get(POLL_INTERVAL_ENV, 2.0)) + 1.0)
+        return
+    deadline = time.monotonic() + timeout_s
+    while queue.unfinished_tasks and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@dataclass(frozen=True)
+class FailOnce:
+    """A :class:`trainables.ray_train.WorkerHook`: kill a training worker once, right after a checkpoint.
+
+    Rank ``rank`` calls ``os._exit(1)`` after reporting epoch ``after_epoch``
+    (0-based), once that report has been handed to the Ray Train controller,
+    unless the file ``marker`` exists; it creates the file first, so the
+    restarted worker group runs through. ``marker`` must be on a filesystem
+    every worker sees.
+    """
+
+    after_epoch: int
+    marker: str
+    rank: int = 0
+
+    def attach(self, model: Any) -> None:
+        pass
+
+    def on_report(self, runtime: Any, metrics: dict[str, Any]) -> None:
+        if runtime.rank != self.rank or metrics.get("epoch") != self.after_epoch:
+            return
+        marker = Path(self.marker)
+        if marker.exists():
+            return
+        _wait_until_report_consumed()
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"rank {runtime.rank} exited after epoch {self.after_epoch} at {time.time()}\n")
+        logger.warning("fault injection: rank %d exits after epoch %d", runtime.rank, self.after_epoch)
+        os._exit(1)
+
+    def summary(self) -> dict[str, Any]:
+        return {}
+
+
 def kill_a_ray_train_worker_once() -> None:
     """Setup hook: the first Ray Train worker group running the phase ``phase`` loses rank 0 (``os._exit``) after epoch 0's checkpoint.
 
-    Uses :class:`trainables.ray_train.FailOnce`; ``marker`` (a file every worker
-    sees) records that the kill happened, so the restarted group runs through.
+    Uses :class:`FailOnce`; ``marker`` (a file every worker sees) records that
+    the kill happened, so the restarted group runs through.
     """
     from trainables import ray_train
 
@@ -72,7 +127,7 @@ def kill_a_ray_train_worker_once() -> None:
 
     def train(self, name: str, out: Path, **kwargs: Any):
         if name == phase:
-            self.fail_once = ray_train.FailOnce(after_epoch=0, marker=marker)
+            self.hooks = (FailOnce(after_epoch=0, marker=marker),)
         return real(self, name, out, **kwargs)
 
     ray_train.RayExecutor.train = train

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from study import paths
-from study.trial import read_trial_records
+from study.io import layout
+from study.io.records import read_trial_records
 
 SMOKE = Path(__file__).resolve().parents[1] / "search_spaces" / "smoke.yaml"
 
@@ -50,7 +50,7 @@ def study_args(manifest: Path, encoder: Path, study_dir: Path, *extra: str) -> l
 
 def cache_events(study_dir: Path) -> list[dict[str, Any]]:
     """The phase cache's events (hits, builds, corrupt artifacts), oldest first."""
-    return [json.loads(p.read_text()) for p in sorted((paths.cache_dir(study_dir) / "events").glob("*.json"))]
+    return [json.loads(p.read_text()) for p in sorted((layout.cache_dir(study_dir) / "events").glob("*.json"))]
 
 
 def built_phases(study_dir: Path) -> collections.Counter:
@@ -73,7 +73,7 @@ def normalized_report(study_dir: Path, drop: tuple[str, ...] = TIME_COLUMNS) -> 
     """
     names = trial_names(study_dir)
     files: dict[str, str] = {}
-    for path in sorted(paths.report_dir(study_dir).iterdir()):
+    for path in sorted(layout.report_dir(study_dir).iterdir()):
         if path.suffix not in (".md", ".csv", ".json"):
             continue  # the PNGs draw the same numbers
         text = path.read_text()

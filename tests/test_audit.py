@@ -10,25 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from study.audit import (
-    ENCODER,
-    LEAK,
-    OK,
-    PHASES,
-    SHARED,
-    SPLIT,
-    UNVERIFIED,
-    audit_fold,
-    audit_study,
-    audit_trial,
-)
-from study.cache import ArtifactCache
-from study.chain import run_fold_chain
+from study.audit.checks import audit_fold, audit_trial
+from study.audit.findings import ENCODER, LEAK, OK, SHARED, SPLIT, UNVERIFIED
+from study.audit.study import audit_study
+from trainables.phases.artifacts import PHASES
+from study.cache.store import ArtifactCache
+from study.cache.chain import run_fold_chain
 from study.cli import main
 from trainables.data.folds import Fold, Split, Validation, build_fold
 from trainables.data.manifest import fingerprint
 from trainables.executors import LocalExecutor
-from trainables.phases.settings import Candidate, Protocol, smoke_settings
+from trainables.config import Candidate, smoke_settings
+from trainables.data.folds import FoldProtocol
 from trainables.phases.tapt import run_tapt
 from trainables.runtime import LocalRuntime
 
@@ -44,8 +37,8 @@ def settings():
     return replace(base, kmeans=replace(base.kmeans, max_fit_frames=5000, n_init=1))
 
 
-def _trial_record(trial_id: str, protocol: Protocol, folds: list[dict]) -> dict:
-    """The parts of a trial record (study.trial.run_trial) that the audit reads."""
+def _trial_record(trial_id: str, protocol: FoldProtocol, folds: list[dict]) -> dict:
+    """The parts of a trial record (study.tune.trial.run_trial) that the audit reads."""
     return {"trial_id": trial_id, "status": "complete", "protocol": {"strict": protocol.strict, "description": protocol.describe()}, "folds": folds, "started": 1.0}
 
 
@@ -55,7 +48,7 @@ def study(tmp_path_factory, small_utterances, tiny_encoder, settings):
     study_dir = tmp_path_factory.mktemp("study")
     cache = ArtifactCache(study_dir / "cache")
     folds = {}
-    for name, protocol in (("strict", Protocol()), ("shared", Protocol(unsupervised_audio="train+test"))):
+    for name, protocol in (("strict", FoldProtocol()), ("shared", FoldProtocol(unsupervised_audio="train+test"))):
         result = run_fold_chain(small_utterances, TEST_SESSION, protocol, CANDIDATE, settings, str(tiny_encoder), CLASSES, cache, LocalExecutor())
         folds[name] = json.loads(json.dumps(result.to_dict()))  # as read back from the trial record
         (study_dir / "trials").mkdir(exist_ok=True)
@@ -93,7 +86,7 @@ def test_a_strict_fold_audits_clean(study, small_utterances):
     assert {("tapt", "trained_on"), ("tapt", "selected_on"), ("embeddings", "embedded"), ("clustering", "fit_on"), ("cpt", "trained_on"),
             ("finetune", "trained_on"), ("finetune", "selected_on"), ("finetune", "tested_on")} <= roles
     # With the fold rebuilt from the manifest, validation and training are checked against the test by utterance id.
-    split = build_fold(small_utterances, Protocol().fold_spec(TEST_SESSION))
+    split = build_fold(small_utterances, FoldProtocol().fold_spec(TEST_SESSION))
     by_id = audit_fold(folds["strict"], study_dir / "cache", split)
     assert by_id.strict and any("share no utterance id" in f.message for f in by_id.findings if f.phase == SPLIT)
 
@@ -107,7 +100,7 @@ def test_test_session_audio_under_train_plus_test_is_shared_not_leaked(study):
     assert [audit.status(p) for p in PHASES] == ["✓", "shared", "shared", "shared", "✓"]
     # TAPT was shared with the strict chain (same train/val): the unsupervised phases alone differ.
     assert folds["shared"]["artifacts"]["tapt"] == folds["strict"]["artifacts"]["tapt"]
-    trial = audit_trial(_trial_record("t", Protocol(unsupervised_audio="train+test"), [folds["shared"]]), study_dir / "cache")
+    trial = audit_trial(_trial_record("t", FoldProtocol(unsupervised_audio="train+test"), [folds["shared"]]), study_dir / "cache")
     assert trial.summary() == {"verdict": "shared", "clean": True, "strict": False, "shared": audit.shared_statements(), "leaks": 0}
     assert trial.verdict() == "shared" and "NOT strict" in trial.format() and "shared: test-session audio without labels in embeddings, k-means, CPT" in trial.format()
 
@@ -118,7 +111,7 @@ def test_tapt_trained_on_the_test_session_is_a_leak_naming_tapt_and_its_artifact
     fold = folds["strict"]
     cache_root = tmp_path / "cache"
     shutil.copytree(study_dir / "cache", cache_root, ignore=shutil.ignore_patterns("events"))
-    split = build_fold(small_utterances, Protocol().fold_spec(TEST_SESSION))
+    split = build_fold(small_utterances, FoldProtocol().fold_spec(TEST_SESSION))
     pick = lambda s: [u for u in small_utterances if u.utt_id in set(s.utt_ids)]  # noqa: E731
     artifact = cache_root / "tapt" / fold["artifacts"]["tapt"]
     shutil.rmtree(artifact)
@@ -130,7 +123,7 @@ def test_tapt_trained_on_the_test_session_is_a_leak_naming_tapt_and_its_artifact
     assert (leak.phase, leak.role, leak.artifact) == ("tapt", "trained_on", str(artifact))
     assert "include test session 1" in leak.message and "[1, 2, 3, 4, 5]" in leak.message
     assert all(audit.status(p) == "✓" for p in ("embeddings", "clustering", "cpt", "finetune"))
-    text = audit_trial(_trial_record("leaky", Protocol(), [fold]), cache_root).format()
+    text = audit_trial(_trial_record("leaky", FoldProtocol(), [fold]), cache_root).format()
     assert "LEAK" in text and "TAPT" in text and str(artifact) in text
 
 
@@ -188,7 +181,7 @@ def test_validation_overlapping_test_is_caught_by_utterance_id(study, small_utte
     fold = copy.deepcopy(folds["strict"])
     test_ids = sorted(u.utt_id for u in small_utterances if u.session == TEST_SESSION)
     val, test = Split(tuple(test_ids[:6])), Split(tuple(test_ids[4:]))  # two utterances in both
-    honest = build_fold(small_utterances, Protocol().fold_spec(TEST_SESSION))
+    honest = build_fold(small_utterances, FoldProtocol().fold_spec(TEST_SESSION))
     split = Fold(replace(honest.spec, validation=Validation.TEST_SESSION_SPEAKER), honest.train, val, test)
     fold["fold"].update(validation="test_session_speaker", val_fingerprint=val.fingerprint, test_fingerprint=test.fingerprint, val=len(val), test=len(test))
     audit = audit_fold(fold, study_dir / "cache", split)
@@ -242,7 +235,7 @@ def test_audit_command_passes_a_strict_study_and_writes_the_report(study, tmp_pa
 
 
 def test_a_study_with_its_manifest_is_audited_by_utterance_id(study, small_manifest, tiny_encoder, tmp_path):
-    from study.config import load_study, shipped_studies
+    from study.config.loading import load_study, shipped_studies
 
     study_dir, _ = study
     with_yaml = tmp_path / "study"
@@ -268,7 +261,7 @@ def test_audit_command_fails_on_a_leak_and_on_an_empty_study(study, tmp_path, ca
     _records_only(study_dir, fold, leaky / "cache")
     _edit(leaky / "cache", fold, "cpt", lambda r: r["used"]["trained_on"].update(sessions=[1, 2, 3, 4, 5]))
     (leaky / "trials").mkdir()
-    (leaky / "trials" / "t.json").write_text(json.dumps(_trial_record("t", Protocol(), [fold])))
+    (leaky / "trials" / "t.json").write_text(json.dumps(_trial_record("t", FoldProtocol(), [fold])))
     assert main(["audit", str(leaky)]) == 1
     out = capsys.readouterr().out
     assert out.startswith(f"Leakage audit of {leaky}\nLEAK") and "LEAK       CPT: pretrained on" in out
@@ -284,13 +277,14 @@ def test_the_audit_is_logged_to_the_trial_run(study, tmp_path):
     pytest.importorskip("mlflow")
     from mlflow import MlflowClient
 
-    from study import mlflow_store, tracking
-    from study.audit import log_audit
+    from study.io import layout
+    from study.tracking import runs as tracking
+    from study.tracking.runs import log_audit
 
     study_dir, folds = study
-    uri = mlflow_store.sqlite_uri(tmp_path)
+    uri = layout.sqlite_uri(tmp_path)
     run_id = tracking.start_trial(uri, "audit", "t1", {"layer": 2, "clusters": 4, "mask_ratio": 0.2, "pooling": "average"})
-    audit = audit_trial(_trial_record("t1", Protocol(unsupervised_audio="train+test"), [folds["shared"]]), study_dir / "cache")
+    audit = audit_trial(_trial_record("t1", FoldProtocol(unsupervised_audio="train+test"), [folds["shared"]]), study_dir / "cache")
     log_audit(run_id, audit, uri=uri)
     run = MlflowClient(uri).get_run(run_id)
     assert run.data.tags["audit"] == "shared" and run.data.tags["audit_strict"] == "false"

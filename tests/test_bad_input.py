@@ -254,8 +254,9 @@ def no_expensive_work(monkeypatch):
     """Ray, a fold's phases and the MFCC pretraining fail the test if any bad input reaches them."""
     import ray
 
-    import study.fold_command
-    import study.runner
+    import study.cache.chain
+    import study.tune.runner
+    import trainables.phases.mfcc_pretrain
 
     def refuse(what):
         def fail(*_args, **_kwargs):
@@ -263,9 +264,10 @@ def no_expensive_work(monkeypatch):
         return fail
 
     monkeypatch.setattr(ray, "init", refuse("ray.init"))
-    monkeypatch.setattr(study.runner, "connect_ray", refuse("connect_ray"))
-    monkeypatch.setattr(study.fold_command, "run_fold_chain", refuse("run_fold_chain"))
-    monkeypatch.setattr(study.fold_command, "pretrain_on_mfcc_clusters", refuse("pretrain_on_mfcc_clusters"))
+    monkeypatch.setattr(study.tune.runner, "connect_ray", refuse("connect_ray"))
+    # The commands import these when they run: patched where they are defined.
+    monkeypatch.setattr(study.cache.chain, "run_fold_chain", refuse("run_fold_chain"))
+    monkeypatch.setattr(trainables.phases.mfcc_pretrain, "pretrain_on_mfcc_clusters", refuse("pretrain_on_mfcc_clusters"))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

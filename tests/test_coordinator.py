@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import ray
 
-from study.cache import ArtifactCache, artifact_key
-from study.coordinator import CacheCoordinator, LeaseClient, get_coordinator
+from study.cache.store import ArtifactCache, artifact_key
+from study.cache.leases import CacheCoordinator, LeaseClient, get_coordinator
 
 
 def test_a_lease_is_exclusive_until_released_or_expired():

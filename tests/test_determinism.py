@@ -13,8 +13,8 @@ import json
 import numpy as np
 import pytest
 
-from study import paths
-from study.trial import read_trial_records
+from study.io import layout
+from study.io.records import read_trial_records
 from study_runs import KILL_STUDY, normalized_report, run_cli, study_args, trial_names
 from trainables.phases.clustering import LABELS_FILE
 
@@ -27,7 +27,7 @@ def _by_params(study_dir):
 
 
 def _artifact_files(study_dir, phase: str, key: str) -> dict:
-    return json.loads((paths.cache_dir(study_dir) / phase / key / "record.json").read_text())["files"]
+    return json.loads((layout.cache_dir(study_dir) / phase / key / "record.json").read_text())["files"]
 
 
 def test_the_same_study_twice_gives_the_same_folds_pseudo_labels_metrics_and_report(reference_study, small_manifest, tiny_encoder, tmp_path):
@@ -42,7 +42,7 @@ def test_the_same_study_twice_gives_the_same_folds_pseudo_labels_metrics_and_rep
         assert [f["fold"] for f in one["folds"]] == [f["fold"] for f in two["folds"]], f"{name}: the folds differ"
         assert [f["artifacts"] for f in one["folds"]] == [f["artifacts"] for f in two["folds"]], f"{name}: the phase keys differ"
         for fold in one["folds"]:
-            labels = [np.load(paths.cache_dir(d) / "clustering" / fold["artifacts"]["clustering"] / LABELS_FILE) for d in (reference_study, again)]
+            labels = [np.load(layout.cache_dir(d) / "clustering" / fold["artifacts"]["clustering"] / LABELS_FILE) for d in (reference_study, again)]
             assert labels[0].size > 0 and np.array_equal(*labels), f"{name}: the pseudo labels differ"
             for phase, key in fold["artifacts"].items():  # every file of every phase artifact, byte for byte (SHA-256)
                 assert _artifact_files(reference_study, phase, key) == _artifact_files(again, phase, key), f"{name}: {phase} differs"

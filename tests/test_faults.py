@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from fault_injection import INJECTED_MESSAGE, fault_runtime_env
-from study import paths
-from study.trial import read_trial_records
+from study.io import layout
+from study.io.records import read_trial_records
 from study_runs import KILL_STUDY, PROVENANCE_COLUMNS, TIME_COLUMNS, built_phases, cache_events, cli, normalized_report, run_cli, study_args
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ def reference_cache_copy(reference_study: Path, tmp_path: Path) -> Path:
     A test's study finds every phase it shares with the reference study cached.
     """
     cache = tmp_path / "cache"
-    shutil.copytree(paths.cache_dir(reference_study), cache, ignore=shutil.ignore_patterns("events"))
+    shutil.copytree(layout.cache_dir(reference_study), cache, ignore=shutil.ignore_patterns("events"))
     return cache
 
 
@@ -66,7 +66,7 @@ def test_a_phase_that_raises_fails_its_trial_with_the_cause_and_the_others_go_on
     assert records[0] is failed, "the failing trial ran first, so the other one went on after it"
 
     # The failed trial is in the report and in MLflow with its cause; no average fine-tuning artifact was left.
-    report = (paths.report_dir(study_dir) / "report.md").read_text()
+    report = (layout.report_dir(study_dir) / "report.md").read_text()
     assert "OutOfMemoryError" in report and "1 complete" in report and "1 error" in report
     from mlflow.tracking import MlflowClient
 
@@ -109,9 +109,9 @@ def test_a_ray_train_worker_killed_mid_phase_resumes_from_its_checkpoint_and_the
 def test_a_fold_whose_worker_process_dies_is_retried_and_takes_its_lease_back(reference_study, small_manifest, tiny_encoder, tmp_path, capsys):
     import ray
 
-    from study import paths as study_paths
+    from study.io import layout as study_paths
     from study.cli import main
-    from study.coordinator import get_coordinator
+    from study.cache.leases import get_coordinator
 
     study_dir, marker, cache = tmp_path / "study", tmp_path / "killed", reference_cache_copy(reference_study, tmp_path)
     ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from study.cache import ArtifactCache
-from study.chain import run_fold_chain
+from study.cache.store import ArtifactCache
+from study.cache.chain import run_fold_chain
 from study.cli import main
 from trainables.data.folds import FoldSpec, build_fold
 from trainables.data.manifest import fingerprint
 from trainables.executors import LocalExecutor
-from trainables.kmeans import KMeansConfig
+from trainables.config import KMeansConfig
 from trainables.models.encoder import load_encoder
 from trainables.atomic import atomic_directory
 from trainables.phases.artifacts import PhaseRecord, classifier_dir, encoder_dir, read_record, verify_artifact, write_record
@@ -24,7 +24,8 @@ from trainables.phases.clustering import load_pseudo_labels, run_clustering
 from trainables.phases.cpt import PseudoLabelError, run_cpt
 from trainables.phases.embeddings import load_layer, read_index, run_embeddings
 from trainables.phases.finetune import PREDICTIONS_FILE, read_metrics, run_finetune
-from trainables.phases.settings import Candidate, Protocol, smoke_settings
+from trainables.config import Candidate, smoke_settings
+from trainables.data.folds import FoldProtocol
 from trainables.phases.tapt import run_tapt
 from trainables.runtime import LocalRuntime
 
@@ -134,7 +135,7 @@ def test_finetune_scores_the_test_session_and_saves_predictions(chain, fold):
 def test_the_chain_reuses_every_cached_phase(small_utterances, tiny_encoder, settings, tmp_path):
     cache = ArtifactCache(tmp_path / "cache")
     candidate = Candidate(layer=2, clusters=4, mask_ratio=0.2, pooling="average")
-    run = lambda c: run_fold_chain(small_utterances, 2, Protocol(), c, settings, str(tiny_encoder), CLASSES, cache, LocalExecutor())  # noqa: E731
+    run = lambda c: run_fold_chain(small_utterances, 2, FoldProtocol(), c, settings, str(tiny_encoder), CLASSES, cache, LocalExecutor())  # noqa: E731
     first = run(candidate)
     assert first.built == ["tapt", "embeddings", "clustering", "cpt", "finetune"]
     assert first.fold["test_session"] == 2 and first.fold["strict"] is True

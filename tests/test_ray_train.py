@@ -20,12 +20,15 @@ import soundfile as sf
 ray = pytest.importorskip("ray")
 
 from trainables.executors import LocalExecutor  # noqa: E402
-from trainables.kmeans import KMeansConfig  # noqa: E402
+from trainables.config import KMeansConfig  # noqa: E402
 from trainables.phases.artifacts import RECORD_FILE, checkpoint_dir_for, encoder_dir, read_record  # noqa: E402
 from trainables.phases.clustering import CENTROIDS_FILE, LABELS_FILE  # noqa: E402
 from trainables.phases.embeddings import INDEX_FILE, layer_file  # noqa: E402
-from trainables.phases.settings import smoke_settings  # noqa: E402
-from trainables.ray_train import POLL_INTERVAL_ENV, FailOnce, RayExecutor, RayResources  # noqa: E402
+from trainables.config import smoke_settings  # noqa: E402
+from trainables.config import RayResources  # noqa: E402
+from trainables.ray_train import POLL_INTERVAL_ENV, RayExecutor  # noqa: E402
+
+from fault_injection import FailOnce  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +42,8 @@ def ray_cluster():
         ray.shutdown()
     with pytest.MonkeyPatch.context() as patch:  # RayExecutor sets Ray Train's poll interval in the environment
         patch.setenv(POLL_INTERVAL_ENV, os.environ.get(POLL_INTERVAL_ENV, "0.5"))
-        ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
+        # The workers import the test's FailOnce hook from this folder.
+        ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}})
         yield
         ray.shutdown()
 
@@ -119,7 +123,7 @@ def test_tapt_on_two_ray_train_workers_matches_one(ray_cluster, tiny_encoder, sp
 
 def test_killed_ray_train_worker_resumes_from_its_last_checkpoint(ray_cluster, tiny_encoder, split, tmp_path):
     marker = tmp_path / "killed-once"
-    executor = RayExecutor(RayResources(workers=2, max_failures=1), storage=tmp_path / "ray", fail_once=FailOnce(after_epoch=1, marker=str(marker)))
+    executor = RayExecutor(RayResources(workers=2, max_failures=1), storage=tmp_path / "ray", hooks=[FailOnce(after_epoch=1, marker=str(marker))])
     out = tmp_path / "tapt"
     result = executor.train("tapt", out, **_tapt_kwargs(tiny_encoder, split, epochs=3))
 
@@ -140,7 +144,7 @@ def test_killed_ray_train_worker_resumes_from_its_last_checkpoint(ray_cluster, t
 def test_rerun_after_the_restarts_ran_out_resumes_from_the_run_in_storage(ray_cluster, tiny_encoder, split, tmp_path):
     kwargs = _tapt_kwargs(tiny_encoder, split, epochs=3)
     out, storage = tmp_path / "tapt", tmp_path / "ray"
-    failing = RayExecutor(RayResources(workers=1, max_failures=0), storage=storage, fail_once=FailOnce(after_epoch=1, marker=str(tmp_path / "killed")))
+    failing = RayExecutor(RayResources(workers=1, max_failures=0), storage=storage, hooks=[FailOnce(after_epoch=1, marker=str(tmp_path / "killed"))])
     with pytest.raises(ray.train.TrainingFailedError):
         failing.train("tapt", out, **kwargs)
     assert not out.exists()

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from study.report import Report, best_trial, build_report, format_report, write_report
+from study.report.files import write_report
+from study.report.model import Report, best_trial, build_report
+from study.report.text import format_report
 
 CLASSES = ["neu", "hap", "ang", "sad"]
 STRICT = {"strict": True, "description": "strict (validation: stratified; the test session enters no phase but the test)"}

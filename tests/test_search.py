@@ -12,8 +12,9 @@ from ray.tune.schedulers import MedianStoppingRule
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from study.config import StudyConfigError, load_study, shipped_studies
-from study.search import (
+from study.config.base import StudyConfigError
+from study.config.loading import load_study, shipped_studies
+from study.tune.search import (
     CompleteOnlyOptunaSearch,
     grid_points,
     grid_size,

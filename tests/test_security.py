@@ -59,7 +59,7 @@ def _get(url: str, token: str | None = None) -> int:
 def test_a_local_study_cluster_requires_a_token_and_listens_on_loopback_only(monkeypatch):
     import ray
 
-    from study.runner import connect_ray
+    from study.tune.runner import connect_ray
 
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # Ray's default for a new local cluster, as a user gets it
     connect_ray(None)  # what `ser-study run` does without --address
@@ -81,8 +81,8 @@ def test_a_local_study_cluster_requires_a_token_and_listens_on_loopback_only(mon
 
 
 def test_the_mlflow_ui_of_a_study_listens_on_loopback_only(small_manifest, tiny_encoder, tmp_path):
-    from study.config import load_study
-    from study.runner import prepare_study_dir
+    from study.config.loading import load_study
+    from study.tune.runner import prepare_study_dir
 
     study_dir = tmp_path / "study"
     config = load_study(REPO / "search_spaces" / "smoke.yaml", [f"data.manifest={small_manifest}", f"encoder={tiny_encoder}", f"storage.study_dir={study_dir}"])

@@ -2,7 +2,7 @@
 
 Any location with a scheme is remote: the phase cache builds into a node-local
 copy, uploads with ``record.json`` last and downloads hits; trial records, the
-study file and the event log go through :mod:`study.storage`. No network.
+study file and the event log go through :mod:`study.io.storage`. No network.
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
 
-from study import paths, storage
-from study.cache import EVENTS_FILE, LOCAL_CACHE_ENV, ArtifactCache, artifact_key, default_local_root
+from study.io import layout, storage
+from study.cache.store import EVENTS_FILE, LOCAL_CACHE_ENV, ArtifactCache, artifact_key, default_local_root
 from study.errors import UserError
 from trainables.phases.artifacts import file_manifest
 
@@ -73,10 +74,10 @@ def test_uris_are_joined_before_the_query_and_repaired_after_path_mangling():
     assert storage.normalize(Path("s3://bucket/prefix")) == "s3://bucket/prefix"  # Path() folds the // away
     assert storage.normalize(Path("file:///tmp/study")) == "file:///tmp/study"
     assert storage.name("s3://bucket/p/study.yaml") == "study.yaml"
-    assert paths.trial_record("s3://bucket/p", "t1") == "s3://bucket/p/trials/t1.json"
-    assert paths.own_cache_dir(Path("s3://bucket/p")) == "s3://bucket/p/cache"
-    assert paths.report_dir("/tmp/study") == Path("/tmp/study/report")  # local stays a Path
-    assert paths.is_remote("file:///tmp/s") and not paths.is_remote("/tmp/s")
+    assert layout.trial_record("s3://bucket/p", "t1") == "s3://bucket/p/trials/t1.json"
+    assert layout.own_cache_dir(Path("s3://bucket/p")) == "s3://bucket/p/cache"
+    assert layout.report_dir("/tmp/study") == Path("/tmp/study/report")  # local stays a Path
+    assert layout.is_remote("file:///tmp/s") and not layout.is_remote("/tmp/s")
 
 
 def test_an_upload_sends_the_marker_file_last_and_not_at_all_if_another_fails(tmp_path, monkeypatch):
@@ -85,13 +86,13 @@ def test_an_upload_sends_the_marker_file_last_and_not_at_all_if_another_fails(tm
     for name in ("a.bin", "encoder/b.bin", "record.json", "z.bin"):
         (local / name).write_text(name)
     order: list[str] = []
-    real = storage.pafs.copy_files
+    real = pafs.copy_files
 
     def recording(source, destination, **kwargs):
         order.append(Path(destination).name)
         return real(source, destination, **kwargs)
 
-    monkeypatch.setattr(storage.pafs, "copy_files", recording)
+    monkeypatch.setattr(pafs, "copy_files", recording)
     remote = uri(tmp_path / "remote" / "artifact")
     assert storage.upload_tree(local, remote, last=["record.json"]) == 4
     assert order[-1] == "record.json" and sorted(order) == ["a.bin", "b.bin", "record.json", "z.bin"]
@@ -101,12 +102,12 @@ def test_an_upload_sends_the_marker_file_last_and_not_at_all_if_another_fails(tm
             raise OSError("connection reset")
         return real(source, destination, **kwargs)
 
-    monkeypatch.setattr(storage.pafs, "copy_files", failing)
+    monkeypatch.setattr(pafs, "copy_files", failing)
     again = uri(tmp_path / "remote" / "again")
     with pytest.raises(OSError, match="connection reset"):
         storage.upload_tree(local, again, last=["record.json"])
     assert not storage.exists(storage.join(again, "record.json"))
-    monkeypatch.setattr(storage.pafs, "copy_files", real)
+    monkeypatch.setattr(pafs, "copy_files", real)
 
     copy = tmp_path / "copy"
     copy.mkdir()
@@ -237,28 +238,28 @@ def test_events_of_a_local_cache_are_one_file_each_and_old_logs_still_count(tmp_
 
 
 def test_trial_records_round_trip_on_a_remote_study_dir(tmp_path):
-    from study.trial import _load_record, _save_record, read_trial_records
+    from study.io.records import load_record, save_record, read_trial_records
 
     study_dir = uri(tmp_path / "bucket" / "study")
-    assert read_trial_records(study_dir) == [] and _load_record(study_dir, "t1") is None
-    _save_record(study_dir, {"trial_id": "t2", "status": "complete", "started": 2.0})
-    _save_record(study_dir, {"trial_id": "t1", "status": "partial", "started": 1.0})
-    _save_record(study_dir, {"trial_id": "t1", "status": "complete", "started": 1.0})
+    assert read_trial_records(study_dir) == [] and load_record(study_dir, "t1") is None
+    save_record(study_dir, {"trial_id": "t2", "status": "complete", "started": 2.0})
+    save_record(study_dir, {"trial_id": "t1", "status": "partial", "started": 1.0})
+    save_record(study_dir, {"trial_id": "t1", "status": "complete", "started": 1.0})
     assert (tmp_path / "bucket" / "study" / "trials" / "t1.json").is_file()
-    assert _load_record(study_dir, "t1")["status"] == "complete"
+    assert load_record(study_dir, "t1")["status"] == "complete"
     assert [(r["trial_id"], r["status"]) for r in read_trial_records(study_dir)] == [("t1", "complete"), ("t2", "complete")]
 
 
 def _remote_config(study_dir: str, manifest: Path, encoder: Path):
-    from study.config import load_study
+    from study.config.loading import load_study
 
     return load_study(SMOKE, [f"storage.study_dir={study_dir}", "storage.mlflow_uri=http://127.0.0.1:5000",
                               f"data.manifest={manifest}", f"encoder={encoder}"])
 
 
 def test_a_remote_study_dir_is_prepared_through_pyarrow_and_given_to_tune_unchanged(tmp_path, small_manifest, tiny_encoder):
-    from study.config import load_resolved_study
-    from study.runner import _tune_storage_path, prepare_study_dir, resume_study
+    from study.config.loading import load_resolved_study
+    from study.tune.runner import _tune_storage_path, prepare_study_dir, resume_study
 
     study_dir = uri(tmp_path / "bucket" / "study")
     config = _remote_config(study_dir, small_manifest, tiny_encoder)
@@ -283,9 +284,10 @@ def test_tune_finds_no_state_to_restore_in_an_empty_remote_dir(tmp_path):
 
 def test_a_fold_chain_on_a_remote_cache_is_reused_by_another_node(small_utterances, tiny_encoder, tmp_path):
     """Real phases: node b finds every phase of node a's chain, downloads them and gets the same scores."""
-    from study.chain import run_fold_chain
+    from study.cache.chain import run_fold_chain
     from trainables.executors import LocalExecutor
-    from trainables.phases.settings import Candidate, Protocol, smoke_settings
+    from trainables.config import Candidate, smoke_settings
+    from trainables.data.folds import FoldProtocol
 
     base = smoke_settings(epochs=1)
     settings = replace(base, kmeans=replace(base.kmeans, max_fit_frames=5000, n_init=1))
@@ -295,7 +297,7 @@ def test_a_fold_chain_on_a_remote_cache_is_reused_by_another_node(small_utteranc
 
     def run(node: str):
         cache = ArtifactCache(root, local_dir=tmp_path / node)
-        return run_fold_chain(small_utterances, 2, Protocol(), candidate, settings, str(tiny_encoder), classes, cache, LocalExecutor())
+        return run_fold_chain(small_utterances, 2, FoldProtocol(), candidate, settings, str(tiny_encoder), classes, cache, LocalExecutor())
 
     first = run("node_a")
     assert first.built == ["tapt", "embeddings", "clustering", "cpt", "finetune"]

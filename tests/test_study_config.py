@@ -8,22 +8,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from study.config import (
-    Choice,
-    FloatRange,
-    IntRange,
-    StudyConfig,
-    StudyConfigError,
-    apply_overrides,
-    load_resolved_study,
-    load_study,
-    parse_study,
-    shipped_studies,
-)
+from study.config.base import StudyConfigError
+from study.config.loading import apply_overrides, load_resolved_study, load_study, parse_study, shipped_studies
+from study.config.space import Choice, FloatRange, IntRange
+from study.config.study import StudyConfig
 from study.errors import UserError
 from trainables.data.folds import Validation
-from trainables.phases.settings import KMeansSettings, PhaseSettings, Protocol, smoke_settings
-from trainables.ray_train import RayResources
+from trainables.config import KMeansSettings, PhaseSettings, smoke_settings
+from trainables.data.folds import FoldProtocol
+from trainables.config import RayResources
 
 SHIPPED = shipped_studies()
 
@@ -51,7 +44,7 @@ def test_shipped_file_loads_and_round_trips(name, tmp_path):
     assert config.name == name
     assert config.source == str(SHIPPED[name])
     assert isinstance(config.phase_settings(), PhaseSettings)
-    assert isinstance(config.protocol(), Protocol) and config.protocol().strict
+    assert isinstance(config.protocol(), FoldProtocol) and config.protocol().strict
     assert isinstance(config.ray_resources(), RayResources)
     again = parse_study(config.to_yaml(), "resolved.yaml")
     assert again.model_dump() == config.model_dump()
@@ -345,7 +338,9 @@ def test_check_inputs_accepts_the_small_corpus(small_manifest, tiny_encoder):
     assert config.classes(inputs.utterances) == ("neu", "hap", "ang", "sad")
     meta = config.report_metadata(inputs.utterances)
     assert meta["objective"] == {"metric": "val_ua_mean", "mode": "max"} and meta["protocol"]["strict"] is True
-    assert config.tracking_tags(inputs.utterances)["strict"] == "true"
+    from study.tracking.runs import trial_tags
+
+    assert trial_tags(config, inputs.utterances)["strict"] == "true"
 
 
 def test_check_inputs_all_folds(small_manifest, tiny_encoder):

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from study import paths
+from study.io import layout
 from study.cli import main
-from study.trial import read_trial_records
+from study.io.records import read_trial_records
 from study_runs import built_phases, cli, study_args
 
 
@@ -48,7 +48,7 @@ def test_a_study_shares_phases_between_trials_and_lands_in_mlflow(small_manifest
     assert all(r.data.tags["mlflow.parentRunId"] in trials for r in folds)
     assert {"test_ua", "val_ua"} <= set(folds[0].data.metrics)
     for name in ("report.md", "table.csv", "folds.csv", "heatmap_attention.png", "confusion_best.png"):
-        assert (paths.report_dir(study_dir) / name).stat().st_size > 0
+        assert (layout.report_dir(study_dir) / name).stat().st_size > 0
 
     # The best configuration's fold models as an ensemble, on new audio and on something that is not audio;
     # then the report and the audit. These commands run in-process (the study above ran the console script).
@@ -75,7 +75,7 @@ def test_a_study_shares_phases_between_trials_and_lands_in_mlflow(small_manifest
                        "search.algorithm=grid", "search.num_trials=1", f"storage.cache_dir={shared_cache}")
     done = subprocess.run(cli(*later), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert paths.cache_dir(later_dir) == shared_cache
+    assert layout.cache_dir(later_dir) == shared_cache
     assert built_phases(later_dir) == {"tapt": 2, "embeddings": 2, "clustering": 2, "cpt": 2, "finetune": 4}
     (later_record,) = read_trial_records(later_dir)
     assert all(fold["built"] == [] for fold in later_record["folds"])

@@ -11,8 +11,12 @@ pytest.importorskip("mlflow")
 
 from mlflow import MlflowClient  # noqa: E402
 
-from study import mlflow_store, tracking  # noqa: E402
-from study.report import build_report, write_report  # noqa: E402
+from study.io import layout  # noqa: E402
+from study.tracking import runs as tracking  # noqa: E402
+from study.tracking import store as mlflow_store  # noqa: E402
+from study.tracking import summary  # noqa: E402
+from study.report.files import write_report  # noqa: E402
+from study.report.model import build_report  # noqa: E402
 
 CLASSES = ["neu", "hap", "ang", "sad"]
 PROTOCOL = {"strict": True, "description": "strict (validation: stratified; the test session enters no phase but the test)"}
@@ -90,7 +94,7 @@ def log_trial(uri: str, trial_id: str, scores: list[tuple[float, float]]) -> str
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> tuple[str, Path]:
     study_dir = tmp_path_factory.mktemp("study")
-    return mlflow_store.sqlite_uri(study_dir), study_dir
+    return layout.sqlite_uri(study_dir), study_dir
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +104,8 @@ def logged(store) -> str:
 
 
 def test_a_local_store_is_sqlite_with_its_artifacts_beside_it(tmp_path):
-    assert mlflow_store.sqlite_uri(tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
-    assert mlflow_store.sqlite_uri(str(tmp_path / "x.db")) == f"sqlite:///{tmp_path.resolve()}/x.db"
+    assert layout.sqlite_uri(tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert layout.sqlite_uri(str(tmp_path / "x.db")) == f"sqlite:///{tmp_path.resolve()}/x.db"
     assert mlflow_store.sqlite_path(f"sqlite:///{tmp_path}/mlflow.db") == tmp_path / "mlflow.db"
     assert mlflow_store.sqlite_path("sqlite:///:memory:") is None and mlflow_store.sqlite_path("http://127.0.0.1:5000") is None
     assert mlflow_store.artifact_location_for(f"sqlite:///{tmp_path}/mlflow.db") == (tmp_path.resolve() / "mlartifacts").as_uri()
@@ -186,7 +190,7 @@ def test_study_summary(store, logged, tmp_path):
     record = make_record("a1b2c3", [make_fold(1, 0.60, 0.55), make_fold(2, 0.64, 0.59)])
     report = build_report([record], {**STUDY, "study_dir": str(study_dir)})
     files = write_report(report, tmp_path / "report")
-    run_id = tracking.log_study_summary(uri, "smoke", {**STUDY, "study_dir": str(study_dir)}, files, report=report)
+    run_id = summary.log_study_summary(uri, "smoke", {**STUDY, "study_dir": str(study_dir)}, files, report=report)
     client = MlflowClient(uri)
     run = client.get_run(run_id)
     assert run.info.run_name == "study-summary" and run.data.tags["ser_study.kind"] == "summary"
@@ -194,7 +198,7 @@ def test_study_summary(store, logged, tmp_path):
     assert run.data.tags["best.trial_id"] == "a1b2c3" and run.data.tags["best.layer"] == "2"
     assert {"report/report.md", "report/table.csv", "report/confusion_best.png"} <= {a.path for a in client.list_artifacts(run_id, "report")}
     # a second call updates the same run; without a report, the best comes from the trial runs
-    assert tracking.log_study_summary(uri, "smoke", STUDY, files[:1]) == run_id
+    assert summary.log_study_summary(uri, "smoke", STUDY, files[:1]) == run_id
     run = client.get_run(run_id)
     assert run.data.tags["best.trial_id"] == "a1b2c3" and run.data.tags["best.run_id"] == logged
     assert run.data.metrics["best_test_ua_mean"] == pytest.approx(0.57)
@@ -233,7 +237,7 @@ def _worker(uri: str, trial_id: str, seed: int) -> None:
 
 
 def test_two_processes_log_concurrently(tmp_path):
-    uri = mlflow_store.sqlite_uri(tmp_path / "study")  # a fresh store: the processes race to create it
+    uri = layout.sqlite_uri(tmp_path / "study")  # a fresh store: the processes race to create it
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=_worker, args=(uri, f"p{i}", i)) for i in range(2)]
     for process in processes:
@@ -255,10 +259,10 @@ def test_two_processes_log_concurrently(tmp_path):
 def test_a_trial_lost_with_an_interrupted_driver_leaves_the_records_and_mlflow(tmp_path):
     import json
 
-    from study import paths
-    from study.trial import read_trial_records, set_aside_lost_records
+    from study.io import layout
+    from study.io.records import read_trial_records, set_aside_lost_records
 
-    uri = mlflow_store.sqlite_uri(tmp_path)
+    uri = layout.sqlite_uri(tmp_path)
     here, elsewhere = {tracking.STUDY_DIR_TAG: str(tmp_path)}, {tracking.STUDY_DIR_TAG: "/another/study"}
     kept = tracking.start_trial(uri, "smoke", "kept1", {"layer": 2}, here)
     lost = tracking.start_trial(uri, "smoke", "lost1", {"layer": 2}, here)  # opened its run, never wrote a record
@@ -271,13 +275,13 @@ def test_a_trial_lost_with_an_interrupted_driver_leaves_the_records_and_mlflow(t
     moved = set_aside_lost_records(tmp_path, {"kept1", "another"})
     assert [r["trial_id"] for r in moved] == ["gone1"]
     assert [r["trial_id"] for r in read_trial_records(tmp_path)] == ["kept1"]
-    assert json.loads(Path(paths.lost_trial_record(tmp_path, "gone1")).read_text())["trial_id"] == "gone1"
+    assert json.loads(Path(layout.lost_trial_record(tmp_path, "gone1")).read_text())["trial_id"] == "gone1"
 
-    assert tracking.retire_lost_trials(uri, "smoke", str(tmp_path), {"kept1"}) == ["lost1"]
+    assert summary.retire_lost_trials(uri, "smoke", str(tmp_path), {"kept1"}) == ["lost1"]
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("smoke")
     active = {r.info.run_id for r in client.search_runs([experiment.experiment_id])}
     assert kept in active and other in active and lost not in active
     assert not [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("mlflow.parentRunId") == lost]
     assert client.get_run(lost).info.lifecycle_stage == "deleted" and client.get_run(lost).data.tags["ser_study.status"] == "lost"
-    assert tracking.retire_lost_trials(uri, "smoke", str(tmp_path), {"kept1"}) == []
+    assert summary.retire_lost_trials(uri, "smoke", str(tmp_path), {"kept1"}) == []

@@ -10,16 +10,12 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from trainables.config import RayResources
 from trainables.phases.artifacts import checkpoint_dir_for
 from trainables.phases.clustering import run_clustering
-from trainables.phases.cpt import run_cpt
 from trainables.phases.embeddings import run_embeddings
-from trainables.phases.finetune import run_finetune
-from trainables.phases.tapt import run_tapt
+from trainables.phases.registry import TRAINING_PHASES
 from trainables.runtime import LocalRuntime, Runtime
-
-#: The training phases by name: what a Ray Train worker looks up (no code travels as strings).
-TRAINING_PHASES: dict[str, Callable[..., Any]] = {"tapt": run_tapt, "cpt": run_cpt, "finetune": run_finetune}
 
 
 class PhaseExecutor(Protocol):
@@ -49,3 +45,16 @@ class LocalExecutor:
 
     def cluster(self, out: Path, **kwargs: Any) -> None:
         run_clustering(out=out, **kwargs)
+
+
+def make_executor(kind: str, resources: RayResources | None = None, storage: str | Path | None = None) -> PhaseExecutor:
+    """The executor called ``kind``: ``local`` (this process) or ``ray`` (Ray Train jobs and Ray tasks, state under ``storage``)."""
+    if kind == "ray":
+        from trainables.ray_train import RayExecutor  # Ray only when asked for
+
+        if storage is None:
+            raise ValueError("the ray executor needs a storage location for Ray Train's run state")
+        return RayExecutor(resources or RayResources(), storage=storage)
+    if kind != "local":
+        raise ValueError(f"unknown executor {kind!r}; choose local or ray")
+    return LocalExecutor()

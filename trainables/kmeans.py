@@ -32,46 +32,12 @@ from typing import Protocol
 import numpy as np
 import torch
 
-logger = logging.getLogger(__name__)
+from trainables.config import KMEANS_BACKENDS, KMeansConfig, is_int
 
-KMEANS_BACKENDS = ("sklearn", "cuml")
+logger = logging.getLogger(__name__)
 
 # Rows gathered from ``frames`` at a time when sampling (bounds the float16 -> float32 copy).
 _GATHER_ROWS = 65536
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True)
-class KMeansConfig:
-    """Settings of one k-means fit; ``validate`` checks them."""
-
-    n_clusters: int
-    # k-means cost grows linearly with the fit frames while 200k frames (~1 h of
-    # 50 Hz audio) already pin down 50-150 centroids: fit on a seeded sample.
-    max_fit_frames: int = 200_000
-    n_init: int = 3
-    max_iter: int = 100
-    seed: int = 0
-    backend: str = "sklearn"
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the offending field and its allowed values."""
-        for name, minimum in (("n_clusters", 1), ("max_fit_frames", 1), ("n_init", 1), ("max_iter", 1)):
-            value = getattr(self, name)
-            if not _is_int(value) or value < minimum:
-                raise ValueError(f"KMeansConfig.{name} must be an integer >= {minimum}, got {value!r}")
-        if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
-            raise ValueError(f"KMeansConfig.seed must be an integer in [0, 2**32), got {self.seed!r}")
-        if self.backend not in KMEANS_BACKENDS:
-            raise ValueError(f"KMeansConfig.backend must be one of {KMEANS_BACKENDS}, got {self.backend!r}")
-        if self.max_fit_frames < self.n_clusters:
-            raise ValueError(
-                f"KMeansConfig.max_fit_frames ({self.max_fit_frames}) must be >= n_clusters "
-                f"({self.n_clusters}): a fit needs at least one frame per cluster"
-            )
 
 
 @dataclass(frozen=True, eq=False)
@@ -203,7 +169,7 @@ def sample_frames(frames: np.ndarray, max_frames: int, seed: int) -> np.ndarray:
     are sorted so that a memmap is read front to back.
     """
     _check_frames(frames)
-    if not _is_int(max_frames) or max_frames < 1:
+    if not is_int(max_frames) or max_frames < 1:
         raise ValueError(f"max_frames must be an integer >= 1, got {max_frames!r}")
     total = frames.shape[0]
     if total <= max_frames:
@@ -288,7 +254,7 @@ def nearest_centroids(
         raise ValueError(
             f"centroids have dimension {centroids.shape[1]} but frames have {frames.shape[1]}"
         )
-    if not _is_int(batch_size) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     device = torch.device(device or _default_device())
     total = frames.shape[0]

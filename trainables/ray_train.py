@@ -35,10 +35,8 @@ import logging
 import os
 import shutil
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, Sequence
 
 import ray
 import ray.train
@@ -47,7 +45,8 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from torch import nn
 
-from trainables.executors import TRAINING_PHASES
+from trainables.config import RayResources
+from trainables.phases.registry import TRAINING_PHASES
 from trainables.phases.clustering import run_clustering
 from trainables.phases.embeddings import run_embeddings
 from trainables.runtime import Runtime, save_checkpoint
@@ -58,21 +57,15 @@ logger = logging.getLogger(__name__)
 POLL_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 
 
-class StepTrace:
-    """Wall-clock timestamps and per-epoch training shares of one rank (instrumentation only).
+class EpochWork:
+    """What one rank trained in each epoch: steps, utterances and audio samples (how DDP shared the data).
 
-    :meth:`attach` hooks the model's forward: every forward in training mode is
-    one training step, counted with its utterances and audio samples (the
-    waveform batch is the forward's first argument, its attention mask the
-    second). Evaluation runs in eval mode and is not counted. Timestamps are
-    ``time.time()`` so that a driver can compare them with its own clock.
+    Every forward in training mode is one step, counted with its utterances and
+    samples (the waveform batch is the forward's first argument, its attention
+    mask the second); evaluation runs in eval mode and is not counted.
     """
 
     def __init__(self) -> None:
-        self.started = time.time()
-        self.first_step: float | None = None
-        self.last_step: float | None = None
-        self.last_report: float | None = None
         self.epochs: list[dict[str, Any]] = []
         self._current = {"steps": 0, "utterances": 0, "samples": 0}
 
@@ -82,10 +75,6 @@ class StepTrace:
     def _on_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if not module.training:
             return
-        now = time.time()
-        if self.first_step is None:
-            self.first_step = now
-        self.last_step = now
         tensors = list(args) + [kwargs[k] for k in ("waveforms", "attention_mask") if k in kwargs]
         self._current["steps"] += 1
         if tensors:
@@ -94,65 +83,37 @@ class StepTrace:
             self._current["samples"] += int(tensors[1].sum())
 
     def on_report(self, metrics: dict[str, Any]) -> None:
-        self.last_report = time.time()
         self.epochs.append({"epoch": metrics.get("epoch"), **self._current})
         self._current = {"steps": 0, "utterances": 0, "samples": 0}
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "started": self.started,
-            "first_step": self.first_step,
-            "last_step": self.last_step,
-            "last_report": self.last_report,
-            "epochs": self.epochs,
-        }
 
+class WorkerHook(Protocol):
+    """Opt-in code run on every Ray Train worker (benchmark timing, test faults): picklable, importable by the workers."""
 
-@dataclass(frozen=True)
-class FailOnce:
-    """Fault injection, used by tests: kill a training worker once, right after a checkpoint.
+    def attach(self, model: nn.Module) -> None:
+        """Called with the model before training starts."""
 
-    Rank ``rank`` calls ``os._exit(1)`` after reporting epoch ``after_epoch``
-    (0-based), once that report has been handed to the Ray Train controller,
-    unless the file ``marker`` exists; it creates the file first, so the
-    restarted worker group runs through. ``marker`` must be on a filesystem
-    every worker sees.
-    """
+    def on_report(self, runtime: "RayTrainRuntime", metrics: dict[str, Any]) -> None:
+        """Called after each epoch's report has been handed to Ray Train."""
 
-    after_epoch: int
-    marker: str
-    rank: int = 0
-
-
-def _wait_until_report_consumed(timeout_s: float = 30.0) -> None:
-    """Block until the Ray Train controller has polled this worker's reports (private Ray API, tests only)."""
-    try:
-        from ray.train.v2._internal.execution.context import get_train_context
-
-        queue = get_train_context().get_result_queue()
-    except Exception:  # another Ray version: wait out two poll intervals instead
-        time.sleep(2 * float(os.environ.get(POLL_INTERVAL_ENV, 2.0)) + 1.0)
-        return
-    deadline = time.monotonic() + timeout_s
-    while queue.unfinished_tasks and time.monotonic() < deadline:
-        time.sleep(0.05)
+    def summary(self) -> dict[str, Any]:
+        """What the hook returns from the rank (merged into the rank's entry of the phase's return value)."""
 
 
 class RayTrainRuntime(Runtime):
-    """The runtime of a phase on a Ray Train worker.
+    """The runtime of a phase on a Ray Train worker; ``hooks`` are :class:`WorkerHook` objects."""
 
-    ``fail_once`` is a fault-injection hook for tests (:class:`FailOnce`); leave it None.
-    """
-
-    def __init__(self, fail_once: FailOnce | None = None):
+    def __init__(self, hooks: Sequence[WorkerHook] = ()):
         super().__init__(ray.train.torch.get_device())
-        self.fail_once = fail_once
-        self.trace = StepTrace()
+        self.hooks = list(hooks)
+        self.work = EpochWork()
         self.resumed = False
         self._restored: Path | None = None
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        self.trace.attach(model)
+        self.work.attach(model)
+        for hook in self.hooks:
+            hook.attach(model)
         return super().wrap(model)
 
     def latest_checkpoint(self) -> Path | None:
@@ -167,7 +128,7 @@ class RayTrainRuntime(Runtime):
 
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None = None) -> None:
         super().report(metrics, state)
-        self.trace.on_report(metrics)
+        self.work.on_report(metrics)
         if self._restored is not None:
             shutil.rmtree(self._restored, ignore_errors=True)
             self._restored = None
@@ -181,51 +142,22 @@ class RayTrainRuntime(Runtime):
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)))
             finally:
                 shutil.rmtree(directory, ignore_errors=True)
-        self._maybe_fail(metrics)
-
-    def _maybe_fail(self, metrics: dict[str, Any]) -> None:
-        fail = self.fail_once
-        if fail is None or self.rank != fail.rank or metrics.get("epoch") != fail.after_epoch:
-            return
-        marker = Path(fail.marker)
-        if marker.exists():
-            return
-        _wait_until_report_consumed()
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(f"rank {self.rank} exited after epoch {fail.after_epoch} at {time.time()}\n")
-        logger.warning("fault injection: rank %d exits after epoch %d", self.rank, fail.after_epoch)
-        os._exit(1)
+        for hook in self.hooks:
+            hook.on_report(self, metrics)
 
 
 def _train_worker(config: dict[str, Any]) -> dict[str, Any]:
     """What each Ray Train worker runs: one training phase, looked up by name.
 
     Returns (rank 0's is ``Result.return_value``) the phase's return value and
-    every rank's :class:`StepTrace`, with whether the rank resumed from a checkpoint.
+    every rank's :class:`EpochWork` and hook summaries, with whether the rank resumed from a checkpoint.
     """
-    runtime = RayTrainRuntime(fail_once=config.get("fail_once"))
+    runtime = RayTrainRuntime(hooks=config["hooks"])
     value = TRAINING_PHASES[config["phase"]](out=Path(config["out"]), runtime=runtime, **config["kwargs"])
-    trace = {"rank": runtime.rank, "world_size": runtime.world_size, "resumed": runtime.resumed, **runtime.trace.as_dict()}
-    return {"value": value, "ranks": runtime.all_gather(trace)}
-
-
-@dataclass(frozen=True)
-class RayResources:
-    """Resources of each phase on the Ray cluster."""
-
-    workers: int = 1  # Ray Train workers (DDP ranks) per training phase
-    gpus_per_worker: float = 0.0
-    cpus_per_worker: float = 1.0
-    embed_gpus: float = 0.0  # the embedding pass: one task
-    kmeans_gpus: float = 0.0  # > 0 with the cuML backend
-    max_failures: int = 2  # worker-group restarts per training phase, each resuming from the last epoch
-
-    def validate(self) -> None:
-        if self.workers < 1:
-            raise ValueError(f"resources.workers must be at least 1, got {self.workers}")
-        for name in ("gpus_per_worker", "cpus_per_worker", "embed_gpus", "kmeans_gpus"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"resources.{name} must not be negative")
+    rank = {"rank": runtime.rank, "world_size": runtime.world_size, "resumed": runtime.resumed, "epochs": runtime.work.epochs}
+    for hook in runtime.hooks:
+        rank.update(hook.summary())
+    return {"value": value, "ranks": runtime.all_gather(rank)}
 
 
 @ray.remote
@@ -263,9 +195,8 @@ def _absolute_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _storage_path(storage: str | Path) -> str:
-    """``storage`` as Ray Train wants it: a URI, or an absolute local path."""
-    storage = str(storage)
-    return storage if "://" in storage else str(Path(storage).expanduser().resolve())
+    """``storage`` as Ray Train wants it: a local ``Path`` made absolute; a string (a URI, or an absolute path) as given."""
+    return str(storage.expanduser().resolve()) if isinstance(storage, Path) else storage
 
 
 def _delete_run(storage: str, name: str) -> None:
@@ -294,14 +225,14 @@ class RayExecutor:
     small machine, see ``bench/results/ray_overhead.md``). It is set only where
     the environment does not already set it.
 
-    ``fail_once`` is a fault-injection hook for tests (:class:`FailOnce`).
+    ``hooks`` (:class:`WorkerHook`) run on every training worker: benchmarks
+    and tests use them; a study runs none.
     """
 
-    def __init__(self, resources: RayResources, storage: str | Path, fail_once: FailOnce | None = None, poll_interval_s: float | None = 0.5):
-        resources.validate()
+    def __init__(self, resources: RayResources, storage: str | Path, hooks: Sequence[WorkerHook] = (), poll_interval_s: float | None = 0.5):
         self.resources = resources
         self.storage = _storage_path(storage)
-        self.fail_once = fail_once
+        self.hooks = tuple(hooks)
         if poll_interval_s is not None:
             os.environ.setdefault(POLL_INTERVAL_ENV, str(poll_interval_s))
         if not ray.is_initialized():
@@ -311,7 +242,7 @@ class RayExecutor:
         """Run ``phase`` on ``resources.workers`` ranks; returns Ray Train's result.
 
         ``result.return_value`` is rank 0's: ``{"value": <the phase's return>,
-        "ranks": [<each rank's StepTrace and whether it resumed>]}``.
+        "ranks": [<each rank's epochs of work, hook summaries and whether it resumed>]}``.
         """
         if phase not in TRAINING_PHASES:
             raise ValueError(f"unknown training phase {phase!r}; expected one of {sorted(TRAINING_PHASES)}")
@@ -324,7 +255,7 @@ class RayExecutor:
         kwargs = _absolute_kwargs(kwargs)
         trainer = TorchTrainer(
             _train_worker,
-            train_loop_config={"phase": phase, "out": str(out), "kwargs": kwargs, "fail_once": self.fail_once},
+            train_loop_config={"phase": phase, "out": str(out), "kwargs": kwargs, "hooks": self.hooks},
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
             scaling_config=ScalingConfig(num_workers=self.resources.workers, use_gpu=use_gpu, resources_per_worker=worker_resources),
             run_config=RunConfig(

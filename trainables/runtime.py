@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import platform
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from trainables.phases.artifacts import PhaseRecord
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +36,23 @@ def autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu:{platform.processor() or platform.machine()}"
+
+
+def training_record(phase: str, started: float, runtime: "Runtime", **fields: Any) -> PhaseRecord:
+    """The record of a training phase run on ``runtime`` since ``started`` (``time.perf_counter()``)."""
+    return PhaseRecord(
+        phase=phase,
+        wall_seconds=time.perf_counter() - started,
+        device=device_name(runtime.device),
+        world_size=runtime.world_size,
+        **fields,
+    )
 
 
 def save_checkpoint(state: dict[str, Any], directory: Path) -> None:

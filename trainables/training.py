@@ -21,40 +21,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from trainables.config import TrainConfig
 from trainables.data.batching import Batch, BucketBatchSampler, UtteranceDataset, collate
 from trainables.runtime import Runtime, autocast, load_checkpoint
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings of one training phase."""
-
-    epochs: int = 10
-    lr: float = 5e-5  # encoder learning rate: the usual HuBERT fine-tuning rate
-    head_lr: float = 1e-3  # new layers (pooling, heads) start from scratch and learn faster
-    weight_decay: float = 0.01
-    warmup_fraction: float = 0.1  # linear warm-up over this share of steps, then linear decay
-    max_batch_seconds: float = 160.0  # padded audio per batch and rank: fits HuBERT-base on a 24 GB GPU in bf16
-    max_train_seconds: float | None = 15.0  # random crop of longer training utterances (IEMOCAP has a few > 30 s)
-    grad_clip: float = 1.0
-    patience: int | None = None  # stop after this many epochs without a better selection score; None = run all
-    loader_workers: int = 0  # DataLoader processes; soundfile reads are cheap next to the encoder
-    seed: int = 0
-
-    def validate(self, name: str) -> None:
-        checks = [
-            (self.epochs >= 1, "epochs must be at least 1"),
-            (self.lr > 0 and self.head_lr > 0, "lr and head_lr must be positive"),
-            (0 <= self.warmup_fraction < 1, "warmup_fraction must be in [0, 1)"),
-            (self.max_batch_seconds > 0, "max_batch_seconds must be positive"),
-            (self.max_train_seconds is None or self.max_train_seconds > 0.05, "max_train_seconds must be > 0.05 or null"),
-            (self.patience is None or self.patience >= 1, "patience must be at least 1 or null"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"{name}: {message}")
 
 
 @dataclass

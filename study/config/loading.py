@@ -1,7 +1,68 @@
-"""Reading a study file: YAML (a key written twice is an error), ``--set`` overrides, and pydantic errors turned into messages.
+"""Reading a study file: one YAML document, validated into a :class:`~study.config.study.StudyConfig`.
 
-Every problem raises :class:`~study.config.model.StudyConfigError`, whose
-message names the file, the dotted field, the problem and what is allowed.
+A study file has these sections (``search_spaces/*.yaml`` are commented
+examples; every mapping refuses unknown keys, so a typo is an error, never a
+silently ignored setting)::
+
+    name: smoke                      # MLflow experiment name; default study directory studies/<name>
+    data: {manifest: demo/manifest.csv}
+    encoder: demo/encoder            # local directory or HuggingFace hub id
+    protocol: {validation: stratified, val_fraction: 0.1, val_speaker: null,
+               unsupervised_audio: train, seed: 0}
+    folds: all                       # or a list of test sessions, e.g. [1, 2]
+    phases:
+      preset: smoke                  # hubert | smoke: the fixed settings of the five phases
+      epochs: 2                      # optional: epochs of TAPT, CPT and fine-tuning at once
+      seed: 0                        # optional: training seed of TAPT, CPT and fine-tuning at once
+      tapt: {train: {lr: 1.0e-4}}    # optional: any ClassifierConfig field, TrainConfig fields under train
+      cpt: {span: 5}                 # optional: any CptConfig field
+      finetune: {dropout: 0.2}       # optional: any ClassifierConfig field
+      kmeans: {backend: sklearn}     # optional: any KMeansSettings field
+      embed_max_batch_seconds: 80    # optional
+    search:
+      space:                         # exactly these four; each fixed or {choice: [...]},
+        layer: {choice: [1, 2]}      # {int: [low, high], log: false, step: 1} or
+        clusters: {int: [4, 64], log: true}   # {float: [low, high], log: false}
+        mask_ratio: 0.2
+        pooling: {choice: [attention, average]}
+      algorithm: tpe                 # tpe | grid (grid: every parameter fixed or a choice)
+      seed: 0
+      num_trials: 3                  # required for tpe; grid: default and maximum = grid size
+      max_concurrent: 2
+      early_stopping: none           # none | median (on val_ua_running_mean after each fold)
+      grace_folds: 2                 # median: no stop before this many folds are done
+      min_trials: 3                  # median: trials needed at a fold count before any stop
+      startup_trials: 10             # tpe: random trials before TPE models the space
+      reuse_actors: true             # next trial in a finished trial's process (false: a fresh one each)
+    objective: {metric: val_ua_mean, mode: max}
+    resources:
+      executor: local                # local | ray
+      cpus_per_fold: 1
+      gpus_per_fold: 0
+      train: {workers: 1, gpus_per_worker: 0, cpus_per_worker: 1, embed_gpus: 0,
+              kmeans_gpus: 0, max_failures: 2}      # RayResources, for executor ray
+    storage:
+      study_dir: studies/smoke       # local path or s3://bucket/prefix
+      mlflow_uri: null               # default sqlite:///<study_dir>/mlflow.db; required for s3://
+
+**Relative paths** (``data.manifest``, a local ``encoder`` directory,
+``storage.study_dir``, a local ``storage.mlflow_uri``) resolve against the
+current working directory when the file is loaded, not against the YAML file's
+folder, so ``--set data.manifest=my.csv`` means ``./my.csv`` wherever the study
+file lives. They are stored absolute: the resolved config saved in the study
+directory (:meth:`StudyConfig.to_yaml`) means the same files from any working
+directory, which is what ``resume`` and the Ray workers need. An ``encoder``
+that is not an existing path (and does not start with ``/``, ``./``, ``../`` or
+``~``) is kept as given: a hub id.
+
+**Overrides** (``--set dotted.field=value``) are applied to the raw YAML before
+validation; the value is parsed as YAML (``3``, ``0.2``, ``[1, 2]``,
+``{choice: [6, 9]}``, ``null``; an empty value is ``null``).
+
+Every problem raises :class:`~study.config.base.StudyConfigError` (a :class:`~study.errors.UserError`)
+whose message names the file, the dotted field, the problem and what is allowed.
+
+A key written twice in one mapping is an error (YAML would keep the last).
 """
 
 from __future__ import annotations
@@ -18,19 +79,11 @@ from typing import Any, Iterable, Mapping, Sequence, Union
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from study.config.model import (
-    PARAM_FORMS,
-    PARAM_TAGS,
-    RESOLVED_STUDY_FILE,
-    SEARCHED_PARAMS,
-    TAG_MODELS,
-    Invalid,
-    SearchSpace,
-    StudyConfig,
-    StudyConfigError,
-    is_uri,
-    spec_tag,
-)
+from study.config.base import StudyConfigError
+from study.config.space import PARAM_FORMS, PARAM_TAGS, SEARCHED_PARAMS, TAG_MODELS, SearchSpace, spec_tag
+from study.config.study import StudyConfig
+from study.io import layout, storage
+from trainables.config import FieldError
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +104,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def _fields_by_key(model: type[BaseModel]) -> dict[str, Any]:
-    return {info.alias or name: info for name, info in model.model_fields.items()}
+def _fields_by_key(model: type) -> dict[str, Any]:
+    """The fields of a section: a pydantic model's, or a (pydantic) dataclass's by name."""
+    fields = model.model_fields if isinstance(model, type) and issubclass(model, BaseModel) else model.__pydantic_fields__
+    return {info.alias or name: info for name, info in fields.items()}
 
 
-def _as_model(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+def _as_model(annotation: Any) -> type | None:
+    """The section type of a field's annotation: a model or a pydantic dataclass (None for a plain value)."""
+    if isinstance(annotation, type) and (issubclass(annotation, BaseModel) or hasattr(annotation, "__pydantic_fields__")):
         return annotation
     if typing.get_origin(annotation) in (Union, types.UnionType):
         members = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -116,7 +172,7 @@ def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
     value = error.get("input")
     param = next((p for p in reversed(loc) if p in SEARCHED_PARAMS), None)
     forms = ", ".join(PARAM_FORMS[t] for t in PARAM_TAGS.get(param, ())) if param else ""
-    if kind == "extra_forbidden":
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
         parent = _model_at(loc[:-1])
         where = _dotted(_clean_loc(loc[:-1])) or "the top level"
         allowed = sorted(_fields_by_key(parent)) if parent else []
@@ -135,7 +191,7 @@ def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
         return field, f"{{{ctx.get('tag')}: ...}} is not allowed for {param}; allowed forms: {forms}"
     if kind == "value_error":
         cause = ctx.get("error")
-        if isinstance(cause, Invalid):
+        if isinstance(cause, FieldError):
             return _dotted([field, cause.field] if field else [cause.field]), cause.problem
         return field, str(error["msg"]).removeprefix("Value error, ")
     return field or "the study file", f"{error['msg']} (got {_short(value)})"
@@ -225,16 +281,6 @@ def parse_study(text: str, source: str = "<study config>", overrides: Sequence[s
     return config
 
 
-def _read_text(location: str) -> str:
-    if is_uri(location):
-        import pyarrow.fs
-
-        filesystem, path = pyarrow.fs.FileSystem.from_uri(location)
-        with filesystem.open_input_stream(path) as stream:
-            return stream.read().decode("utf-8")
-    return Path(location).read_text(encoding="utf-8")
-
-
 def shipped_studies() -> dict[str, Path]:
     """The study files shipped in ``search_spaces/`` (name -> path)."""
     import search_spaces
@@ -247,7 +293,7 @@ def load_study(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
     """Load and validate the study file ``path`` with ``--set`` style ``overrides``; logs questionable choices."""
     source = str(path)
     try:
-        text = _read_text(source)
+        text = storage.read_text(source)
     except FileNotFoundError:
         shipped = ", ".join(str(p) for p in shipped_studies().values())
         raise StudyConfigError(f"{source}: study file not found; shipped examples: {shipped}", source=source) from None
@@ -261,9 +307,9 @@ def load_study(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
 
 def load_resolved_study(study_dir: str | Path) -> StudyConfig:
     """The resolved config saved in a study directory (``<study_dir>/study.yaml``), for resume and the trials."""
-    location = f"{str(study_dir).rstrip('/')}/{RESOLVED_STUDY_FILE}" if is_uri(str(study_dir)) else str(Path(study_dir) / RESOLVED_STUDY_FILE)
+    location = str(layout.study_file(study_dir))
     try:
-        text = _read_text(location)
+        text = storage.read_text(location)
     except (OSError, UnicodeDecodeError) as err:
         raise StudyConfigError(f"{location}: cannot read the study's resolved config ({err}); is {study_dir} a study directory?", source=location) from None
     return parse_study(text, location)

@@ -11,13 +11,14 @@ import logging
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 from trainables.metrics import aggregate
 
 logger = logging.getLogger(__name__)
 
-SEARCHED = ("layer", "clusters", "mask_ratio", "pooling")
+T = TypeVar("T")
+
 SPLITS = ("val", "test")
 FOLD_KEYS = ("ua", "wa", "macro_f1")
 DEFAULT_OBJECTIVE = {"metric": "val_ua_mean", "mode": "max"}
@@ -195,6 +196,20 @@ def better(a: float, b: float, mode: str) -> bool:
     return a > b if mode == "max" else a < b
 
 
+def best_of(items: Iterable[T], value: Callable[[T], float], mode: str) -> T | None:
+    """The item of ``items`` with the best ``value`` (``mode`` "max" or "min"; NaN never wins); a tie goes to the earlier item.
+
+    The one rule for "the best trial", whether from trial records (the report)
+    or from MLflow runs (the study summary): give the complete ones in the
+    order they finished.
+    """
+    best: T | None = None
+    for item in items:
+        if better(as_float(value(item)), as_float(value(best)) if best is not None else math.nan, mode):
+            best = item
+    return best
+
+
 def sort_value(value: Any) -> tuple:
     """Sort key for parameter values: numbers first (by value), then text, then missing."""
     if value is None:
@@ -286,10 +301,7 @@ def build_report(trials: list[dict], study: dict) -> Report:
 
     messages: list[str] = []
     complete = [t for t in summaries if t.complete]
-    best: TrialSummary | None = None
-    for trial in sorted(complete, key=lambda t: t.order):
-        if better(trial.objective, best.objective if best else math.nan, mode):
-            best = trial
+    best = best_of(sorted(complete, key=lambda t: t.order), lambda t: t.objective, mode)
     if not summaries:
         messages.append("No trials were recorded.")
     elif not complete:
@@ -335,7 +347,7 @@ def build_report(trials: list[dict], study: dict) -> Report:
 
 
 def audit_line(trials: Sequence[dict]) -> str | None:
-    """One line on the leakage audits of the trials (``record["audit"]``, see :mod:`study.audit`)."""
+    """One line on the leakage audits of the trials (``record["audit"]``, see :mod:`study.audit.checks`)."""
     audits = [t["audit"] for t in trials if t.get("audit")]
     if not audits:
         return None

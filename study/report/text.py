@@ -7,7 +7,8 @@ import io
 import math
 from typing import Any, Iterable, Mapping, Sequence
 
-from study.report.model import AGG_METRIC, FOLD_KEYS, MISSING, SEARCHED, SPLITS, Report, as_float, finite, pct, pct_pm
+from study.config.space import SEARCHED_PARAMS
+from study.report.model import AGG_METRIC, FOLD_KEYS, MISSING, SPLITS, Report, as_float, finite, pct, pct_pm
 
 # ----------------------------------------------------------------------------
 # Formatting
@@ -37,7 +38,7 @@ def describe_params(params: Mapping[str, Any]) -> str:
         f"mask {param_text(params.get('mask_ratio'))}",
         f"{param_text(params.get('pooling'))} pooling",
     ]
-    parts += [f"{name}={param_text(value)}" for name, value in sorted(params.items()) if name not in SEARCHED]
+    parts += [f"{name}={param_text(value)}" for name, value in sorted(params.items()) if name not in SEARCHED_PARAMS]
     return ", ".join(parts)
 
 
@@ -181,7 +182,7 @@ def _csv_text(header: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> str:
 
 
 def _extra_params(report: Report) -> list[str]:
-    return sorted({name for t in report.trials for name in t.params if name not in SEARCHED})
+    return sorted({name for t in report.trials for name in t.params if name not in SEARCHED_PARAMS})
 
 
 def table_csv(report: Report) -> str:
@@ -189,7 +190,7 @@ def table_csv(report: Report) -> str:
     extra = _extra_params(report)
     metric_columns = list(_METRIC_COLUMNS)
     metric_columns += sorted({k for t in report.trials for k in t.metrics if k not in metric_columns})
-    header = ["trial_id", "status", *SEARCHED, *extra, "strict", "folds_done", "folds_total", "objective", *metric_columns, "started", "finished", "error"]
+    header = ["trial_id", "status", *SEARCHED_PARAMS, *extra, "strict", "folds_done", "folds_total", "objective", *metric_columns, "started", "finished", "error"]
     rows = []
     for trial in sorted(report.trials, key=lambda t: t.order):
         row: dict[str, Any] = {
@@ -203,7 +204,7 @@ def table_csv(report: Report) -> str:
             "finished": trial.record.get("finished"),
             "error": trial.error,
         }
-        row.update({name: trial.params.get(name) for name in (*SEARCHED, *extra)})
+        row.update({name: trial.params.get(name) for name in (*SEARCHED_PARAMS, *extra)})
         row.update({name: trial.metrics.get(name) for name in metric_columns})
         rows.append(row)
     return _csv_text(header, rows)
@@ -216,7 +217,7 @@ def _cached_phases(fold: Mapping[str, Any]) -> list[str]:
 
 def folds_csv(report: Report) -> str:
     """One row per trial per finished fold (fractions, not %)."""
-    header = ["trial_id", "status", *SEARCHED, "test_session", "strict", "seconds"]
+    header = ["trial_id", "status", *SEARCHED_PARAMS, "test_session", "strict", "seconds"]
     header += [f"{split}_{key}" for split in SPLITS for key in (*FOLD_KEYS, "count")]
     header += ["built", "cached"]
     rows = []
@@ -231,7 +232,7 @@ def folds_csv(report: Report) -> str:
                 "built": ";".join(fold.get("built") or []),
                 "cached": ";".join(_cached_phases(fold)),
             }
-            row.update({name: trial.params.get(name) for name in SEARCHED})
+            row.update({name: trial.params.get(name) for name in SEARCHED_PARAMS})
             for split in SPLITS:
                 values = fold.get(split) or {}
                 row.update({f"{split}_{key}": values.get(key) for key in (*FOLD_KEYS, "count")})

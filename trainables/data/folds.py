@@ -16,6 +16,9 @@ import numpy as np
 
 from trainables.data.manifest import Utterance, fingerprint
 
+#: Which audio the unsupervised phases (embeddings, k-means, CPT) may see.
+UNSUPERVISED_AUDIO = ("train", "train+test")
+
 
 class Validation(str, Enum):
     """Where a fold's validation utterances come from."""
@@ -74,6 +77,42 @@ class Fold:
             "val_fingerprint": self.val.fingerprint,
             "test_fingerprint": self.test.fingerprint,
         }
+
+
+@dataclass(frozen=True)
+class FoldProtocol:
+    """How folds are split and which audio the unsupervised phases may see."""
+
+    validation: Validation = Validation.STRATIFIED
+    val_fraction: float = 0.1
+    val_speaker: str | None = None
+    # "train": embeddings, k-means and CPT see the training sessions only (strict).
+    # "train+test": they also see the test session's audio, without labels (the published code).
+    unsupervised_audio: str = "train"
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.unsupervised_audio not in UNSUPERVISED_AUDIO:
+            raise ValueError(f"protocol.unsupervised_audio must be one of {UNSUPERVISED_AUDIO}, got {self.unsupervised_audio!r}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"protocol.val_fraction must be in (0, 1), got {self.val_fraction}")
+
+    @property
+    def strict(self) -> bool:
+        return self.unsupervised_audio == "train" and self.validation is not Validation.TEST_SESSION_SPEAKER
+
+    def fold_spec(self, test_session: int) -> FoldSpec:
+        return FoldSpec(test_session, Validation(self.validation), self.val_fraction, self.val_speaker, self.seed)
+
+    def describe(self) -> str:
+        if self.strict:
+            return f"strict (validation: {Validation(self.validation).value}; the test session enters no phase but the test)"
+        loose = []
+        if self.unsupervised_audio == "train+test":
+            loose.append("test-session audio (no labels) in embeddings, k-means and CPT")
+        if Validation(self.validation) is Validation.TEST_SESSION_SPEAKER:
+            loose.append("validation on a speaker of the test session")
+        return "NOT strict: " + "; ".join(loose)
 
 
 class FoldError(ValueError):

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
+
+if TYPE_CHECKING:
+    from trainables.data.manifest import Utterance
 
 #: Every consensus label that appears in the IEMOCAP release ("xxx": no agreement).
 IEMOCAP_LABELS = frozenset({"neu", "hap", "exc", "ang", "sad", "fru", "fea", "sur", "dis", "oth", "xxx"})
@@ -72,3 +75,12 @@ def get_label_set(name: str) -> LabelSet:
         return LABEL_SETS[name]
     except KeyError:
         raise ValueError(f"unknown label set {name!r}; choose one of: {', '.join(LABEL_SETS)}") from None
+
+
+def classes_of(utterances: Iterable["Utterance"]) -> tuple[str, ...]:
+    """The class order of the label set a manifest was prepared with (sorted labels if it matches none)."""
+    labels = {u.label for u in utterances}
+    for label_set in LABEL_SETS.values():
+        if labels <= set(label_set.classes):
+            return tuple(label_set.classes)
+    return tuple(sorted(labels))

@@ -22,6 +22,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, HubertConfig, HubertModel
 from transformers.utils import logging as hf_logging
 
+from trainables.config import TinyEncoderConfig
+
 logger = logging.getLogger(__name__)
 
 #: Our own record beside the HF files: the audio front end the encoder expects.
@@ -230,18 +232,6 @@ def load_encoder(name_or_path: str | Path, layerdrop: float = 0.0, freeze_featur
     if freeze_feature_encoder:
         encoder.freeze_feature_encoder()
     return encoder
-
-
-@dataclass(frozen=True)
-class TinyEncoderConfig:
-    """A HuBERT-shaped encoder small enough to train on a laptop CPU in minutes."""
-
-    hidden_size: int = 64
-    num_layers: int = 4  # enough to choose a middle layer, as the method does with HuBERT's 12
-    num_heads: int = 4
-    intermediate_size: int = 128
-    conv_channels: int = 32
-    seed: int = 0
 
 
 def make_tiny_encoder(out: str | Path, config: TinyEncoderConfig = TinyEncoderConfig()) -> Path:

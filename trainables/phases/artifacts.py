@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import socket
 import time
 from dataclasses import asdict, dataclass, field, is_dataclass
@@ -21,13 +20,14 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 
 from trainables.data.manifest import Utterance, fingerprint
 
 RECORD_FILE = "record.json"
 #: Bumped when a phase's code changes what it produces, so cached artifacts are not reused across it.
 PHASE_CODE_VERSION = {"tapt": 1, "embeddings": 1, "clustering": 1, "cpt": 1, "finetune": 1}
+#: The phases of the method, in chain order.
+PHASES = tuple(PHASE_CODE_VERSION)
 
 
 def encoder_dir(artifact: Path) -> Path:
@@ -69,12 +69,6 @@ def to_plain(value: Any) -> Any:
     return value
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda:{torch.cuda.get_device_name(device)}"
-    return f"cpu:{platform.processor() or platform.machine()}"
-
-
 @dataclass
 class PhaseRecord:
     phase: str
@@ -93,17 +87,6 @@ class PhaseRecord:
         self.code_version = self.code_version or PHASE_CODE_VERSION[self.phase]
         self.params = to_plain(self.params)
         self.results = to_plain(self.results)
-
-
-def training_record(phase: str, started: float, runtime, **fields: Any) -> PhaseRecord:
-    """The record of a training phase run on ``runtime`` since ``started`` (``time.perf_counter()``)."""
-    return PhaseRecord(
-        phase=phase,
-        wall_seconds=time.perf_counter() - started,
-        device=device_name(runtime.device),
-        world_size=runtime.world_size,
-        **fields,
-    )
 
 
 #: Read size when hashing artifact files.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from trainables.config import ClassifierConfig
 from trainables.data.audio import Crop
 from trainables.data.batching import Batch, UtteranceDataset
 from trainables.data.manifest import Utterance
@@ -25,29 +25,13 @@ from trainables.metrics import classification_metrics
 from trainables.models.encoder import load_encoder
 from trainables.models.heads import UtteranceClassifier
 from trainables.runtime import Runtime
-from trainables.training import FitResult, TrainConfig, fit, make_loader, predict_logits, seed_everything
+from trainables.training import FitResult, fit, make_loader, predict_logits, seed_everything
 
 logger = logging.getLogger(__name__)
 
 EMOTION_TASK = "emotion"
 HEADS_FILE = "heads.safetensors"
 CLASSIFIER_FILE = "classifier.json"
-
-
-@dataclass(frozen=True)
-class ClassifierConfig:
-    """A supervised utterance-classification phase (TAPT or fine-tuning)."""
-
-    train: TrainConfig = field(default_factory=TrainConfig)
-    class_weighting: bool = True  # inverse-frequency class weights: IEMOCAP's hap+exc and neu outnumber the rest
-    dropout: float = 0.1
-    freeze_feature_encoder: bool = True  # the CNN is what SSL learnt best; fine-tuning it rarely helps on 7 h of data
-    eval_max_batch_seconds: float = 320.0  # no gradients at evaluation: twice the training batch fits
-
-    def validate(self, name: str) -> None:
-        self.train.validate(f"{name}.train")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"{name}.dropout must be in [0, 1)")
 
 
 def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:

@@ -10,7 +10,6 @@ sets (e.g. several K at once, as GMP-TL does) get one head each, losses summed.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -19,36 +18,19 @@ import torch
 import torch.nn.functional as F
 
 from trainables.atomic import atomic_directory
+from trainables.config import CptConfig
 from trainables.data.audio import Crop, load_waveform
 from trainables.data.batching import Batch, UtteranceDataset, collate
 from trainables.data.manifest import Utterance
 from trainables.models.encoder import EncoderInfo, encoder_fingerprint, load_encoder
-from trainables.models.heads import FRAME_HEADS, FramePredictor
-from trainables.models.masking import DEFAULT_SPAN, achieved_ratio, span_mask
-from trainables.phases.artifacts import describe_utterances, encoder_dir, training_record, write_record
+from trainables.models.heads import FramePredictor
+from trainables.models.masking import achieved_ratio, span_mask
+from trainables.phases.artifacts import describe_utterances, encoder_dir, write_record
 from trainables.phases.clustering import load_pseudo_labels
-from trainables.runtime import Runtime
-from trainables.training import TrainConfig, fit, make_loader, seed_everything
+from trainables.runtime import Runtime, training_record
+from trainables.training import fit, make_loader, seed_everything
 
 IGNORE = -100
-
-
-@dataclass(frozen=True)
-class CptConfig:
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, lr=5e-5, head_lr=5e-4))
-    head: str = "cosine"  # HuBERT's projection + cosine logits (temperature 0.1), as the reference code
-    span: int = DEFAULT_SPAN
-    init: str = "pretrained"  # or "tapt": start from the TAPT encoder
-    freeze_feature_encoder: bool = True
-
-    def validate(self, name: str) -> None:
-        self.train.validate(f"{name}.train")
-        if self.head not in FRAME_HEADS:
-            raise ValueError(f"{name}.head must be one of {FRAME_HEADS}, got {self.head!r}")
-        if self.init not in ("pretrained", "tapt"):
-            raise ValueError(f"{name}.init must be 'pretrained' or 'tapt', got {self.init!r}")
-        if self.span < 1:
-            raise ValueError(f"{name}.span must be at least 1")
 
 
 class PseudoLabelError(ValueError):

@@ -21,8 +21,8 @@ from trainables.data.audio import Crop
 from trainables.data.batching import BucketBatchSampler, UtteranceDataset, collate
 from trainables.data.manifest import Utterance
 from trainables.models.encoder import load_encoder
-from trainables.phases.artifacts import PhaseRecord, describe_utterances, device_name, write_record
-from trainables.runtime import Runtime, autocast
+from trainables.phases.artifacts import PhaseRecord, describe_utterances, write_record
+from trainables.runtime import Runtime, autocast, device_name
 
 INDEX_FILE = "index.json"
 

@@ -20,9 +20,9 @@ from trainables.atomic import atomic_directory
 from trainables.data.audio import Crop
 from trainables.data.batching import UtteranceDataset
 from trainables.data.manifest import Utterance
-from trainables.phases.artifacts import classifier_dir, describe_utterances, training_record, write_record
+from trainables.phases.artifacts import classifier_dir, describe_utterances, write_record
 from trainables.phases.classifier import ClassifierConfig, evaluate_classifier, save_classifier, train_classifier
-from trainables.runtime import Runtime
+from trainables.runtime import Runtime, training_record
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"

@@ -14,9 +14,9 @@ from typing import Sequence
 from trainables.atomic import atomic_directory
 from trainables.data.manifest import Utterance
 from trainables.models.encoder import encoder_fingerprint
-from trainables.phases.artifacts import describe_utterances, encoder_dir, training_record, write_record
+from trainables.phases.artifacts import describe_utterances, encoder_dir, write_record
 from trainables.phases.classifier import ClassifierConfig, train_classifier
-from trainables.runtime import Runtime
+from trainables.runtime import Runtime, training_record
 
 TAPT_POOLING = "average"  # the method's TAPT uses mean pooling
 

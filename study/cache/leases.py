@@ -17,9 +17,8 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
+from functools import cache
 from typing import Iterator
-
-import ray
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +70,12 @@ class CacheCoordinator:
         return dict(self.stats)
 
 
-RemoteCoordinator = ray.remote(num_cpus=0, max_restarts=-1)(CacheCoordinator)
+@cache
+def _remote_coordinator():
+    """:class:`CacheCoordinator` as a Ray actor class (Ray is imported when a study first needs it)."""
+    import ray
+
+    return ray.remote(num_cpus=0, max_restarts=-1)(CacheCoordinator)
 
 
 def coordinator_name(cache_root: str) -> str:
@@ -83,11 +87,11 @@ def coordinator_name(cache_root: str) -> str:
 
 def get_coordinator(cache_root: str, lease_seconds: float = DEFAULT_LEASE_SECONDS):
     """The named coordinator actor for ``cache_root`` on the connected Ray cluster, created if missing."""
-    return RemoteCoordinator.options(name=coordinator_name(cache_root), get_if_exists=True, lifetime="detached").remote(lease_seconds)
+    return _remote_coordinator().options(name=coordinator_name(cache_root), get_if_exists=True, lifetime="detached").remote(lease_seconds)
 
 
 class LeaseClient:
-    """What :class:`study.cache.ArtifactCache` uses to wait for, or take, a build."""
+    """What :class:`study.cache.store.ArtifactCache` uses to wait for, or take, a build."""
 
     def __init__(self, actor, lease_seconds: float = DEFAULT_LEASE_SECONDS, poll_seconds: float = POLL_SECONDS, owner: str | None = None):
         self.actor = actor
@@ -97,6 +101,8 @@ class LeaseClient:
         self.poll_seconds = poll_seconds
 
     def try_acquire(self, key: str) -> bool:
+        import ray
+
         return ray.get(self.actor.acquire.remote(key, self.owner))
 
     def wait(self) -> None:
@@ -105,6 +111,8 @@ class LeaseClient:
     @contextmanager
     def holding(self, key: str) -> Iterator[None]:
         """Keep the lease on ``key`` alive while the body builds; release it after."""
+        import ray
+
         stop = threading.Event()
 
         def beat() -> None:

@@ -4,7 +4,7 @@ Used from inside Ray Tune trial processes, so every call is self-contained: it
 takes the tracking URI (or finds it from a run id registered in the same
 process with :func:`remember_run_uri`), opens a cached client and retries when
 SQLite answers "database is locked" (several trial processes log into one
-local store at once). What a study logs, and where, is :mod:`study.tracking`.
+local store at once). What a study logs, and where, is :mod:`study.tracking.runs`.
 
 A local study directory gets a SQLite store ``<study_dir>/mlflow.db`` (MLflow
 3 refuses the old ``./mlruns`` file store) with its artifacts in
@@ -17,7 +17,6 @@ import contextlib
 import fcntl
 import json
 import logging
-import os
 import random
 import re
 import threading
@@ -26,12 +25,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 from urllib.parse import unquote
 
+from study.io.layout import ARTIFACT_DIR
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-DB_FILE = "mlflow.db"
-ARTIFACT_DIR = "mlartifacts"
 
 # MLflow's own limits (mlflow.utils.validation).
 _MAX_PARAMS_TAGS_PER_BATCH = 100
@@ -48,12 +47,6 @@ _run_uris: dict[str, str] = {}
 # ----------------------------------------------------------------------------
 # URIs and stores
 # ----------------------------------------------------------------------------
-
-
-def sqlite_uri(location: str | Path) -> str:
-    """The SQLite store of a local directory (``<dir>/mlflow.db``) or ``*.db`` file, as an absolute ``sqlite:///`` URI."""
-    path = Path(os.path.abspath(os.path.expanduser(str(location))))
-    return f"sqlite:///{path if path.suffix == '.db' else path / DB_FILE}"
 
 
 def sqlite_path(uri: str) -> Path | None:

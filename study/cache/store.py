@@ -47,7 +47,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from study import storage
+from study.io import layout, storage
 from trainables.phases.artifacts import PHASE_CODE_VERSION, RECORD_FILE, to_plain, verify_artifact
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def default_local_root(root: str) -> Path:
 
 
 class Leases(Protocol):
-    """Who builds a missing artifact when several chains want it (see :mod:`study.coordinator`)."""
+    """Who builds a missing artifact when several chains want it (see :mod:`study.cache.leases`)."""
 
     def try_acquire(self, key: str) -> bool: ...
 
@@ -86,7 +86,7 @@ class Leases(Protocol):
 class ArtifactCache:
     """Phase artifacts under ``root/<phase>/<key>``; ``root`` a local path or a URI.
 
-    With ``leases`` (a :class:`study.coordinator.LeaseClient`), concurrent chains
+    With ``leases`` (a :class:`study.cache.leases.LeaseClient`), concurrent chains
     that miss the same key get one build: the others wait for it. ``local_dir``
     (remote roots only) overrides the node-local copy's folder.
     """
@@ -108,7 +108,7 @@ class ArtifactCache:
 
     def location(self, phase: str, key: str) -> str | Path:
         """Where an artifact is kept for good: ``root/<phase>/<key>`` (a URI for a remote root)."""
-        return storage.join(self.root, phase, key) if self.remote else self.root / phase / key
+        return layout.artifact_location(self.root, phase, key)
 
     # -- completeness
 

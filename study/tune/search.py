@@ -23,7 +23,7 @@ Optuna COMPLETE only when all folds are in, PRUNED for a trial stopped early
 (TPE ranks pruned trials below every complete one, by how far they got), and
 FAIL for a trial that errored (Optuna's own state for errors; TPE ignores it).
 
-Tune requirements this module relies on (``study.runner`` and ``study.trial``):
+Tune requirements this module relies on (``study.tune.runner`` and ``study.tune.trial``):
 every result a trial reports must hold ``folds_done``, ``folds_total`` and,
 with median stopping, ``val_ua_running_mean``; with Tune's strict metric
 checking on (the default) every result must also hold the objective metric
@@ -48,7 +48,9 @@ from ray.tune.schedulers import MedianStoppingRule
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from study.config import Choice, FloatRange, IntRange, ParamSpec, StudyConfig, StudyConfigError
+from study.config.base import StudyConfigError
+from study.config.space import Choice, FloatRange, IntRange, ParamSpec
+from study.config.study import StudyConfig
 
 logger = logging.getLogger(__name__)
 

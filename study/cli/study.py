@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from study import paths, storage
+from study.io import layout, storage
 from study.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -67,8 +67,8 @@ def ui_command(study_dir: str, port: int = DEFAULT_UI_PORT) -> str:
 
 
 def run_run(args: argparse.Namespace) -> int:
-    from study.config import load_study
-    from study.runner import run_study
+    from study.config.loading import load_study
+    from study.tune.runner import run_study
 
     overrides = list(args.overrides)
     if args.study_dir is not None:
@@ -80,7 +80,7 @@ def run_run(args: argparse.Namespace) -> int:
 
 
 def run_resume(args: argparse.Namespace) -> int:
-    from study.runner import resume_study
+    from study.tune.runner import resume_study
 
     resume_study(args.study_dir, address=args.address)
     _print_report(args.study_dir)
@@ -89,12 +89,12 @@ def run_resume(args: argparse.Namespace) -> int:
 
 def _report_failed_trials(study_dir: str) -> int:
     """1 (with each failed trial and its cause on stderr) if a trial of the study failed, else 0."""
-    from study.trial import read_trial_records
+    from study.io.records import read_trial_records
 
     failed = [r for r in read_trial_records(study_dir) if r.get("status") == "error"]
     if not failed:
         return 0
-    cache = paths.cache_dir(study_dir)
+    cache = layout.cache_dir(study_dir)
     lines = [f"{len(failed)} trial(s) failed; the others ran to the end and are in the report:"]
     lines += [f"  {r['trial_id']} {r.get('params')}: {r.get('error')}" for r in failed]
     lines.append(f"Fix the cause, then run the study again with --set storage.cache_dir={cache} to reuse every phase already built.")
@@ -103,26 +103,26 @@ def _report_failed_trials(study_dir: str) -> int:
 
 
 def _print_report(study_dir: str) -> None:
-    report = storage.join(paths.report_dir(study_dir), "report.md")
+    report = storage.join(layout.report_dir(study_dir), "report.md")
     if storage.is_file(report):
         print(storage.read_text(report))
-    print(f"report: {paths.report_dir(study_dir)}")
+    print(f"report: {layout.report_dir(study_dir)}")
     print(f"MLflow UI: {ui_command(study_dir)}   (then open http://127.0.0.1:{DEFAULT_UI_PORT})")
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from study.report_command import write_study_report
+    from study.tune.publish import write_study_report
 
-    paths.require_study_dir(args.study_dir)
+    layout.require_study_dir(args.study_dir)
     print(write_study_report(args.study_dir))
-    print(f"files: {paths.report_dir(args.study_dir)}")
+    print(f"files: {layout.report_dir(args.study_dir)}")
     return 0
 
 
 def run_ui(args: argparse.Namespace) -> int:
-    from study.config import load_resolved_study
+    from study.config.loading import load_resolved_study
 
-    paths.require_study_dir(args.study_dir)
+    layout.require_study_dir(args.study_dir)
     config = load_resolved_study(args.study_dir)
     # MLflow from this environment (not whichever `mlflow` is first on PATH), bound to loopback only.
     argv = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", config.tracking_uri(), "--host", "127.0.0.1", "--port", str(args.port)]
@@ -134,7 +134,7 @@ def run_ui(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     from study.predict import predict
 
-    paths.require_study_dir(args.study_dir)
+    layout.require_study_dir(args.study_dir)
     for wav in args.wavs:
         if not wav.is_file():
             raise UserError(f"{wav} does not exist; give paths of audio files")
@@ -145,12 +145,12 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_audit(args: argparse.Namespace) -> int:
-    from study.audit import audit_study, write_audit
-    from study.trial import read_trial_records
+    from study.audit.study import audit_study, write_audit
+    from study.io.records import read_trial_records
 
     records = read_trial_records(args.study_dir)
     if not records:
-        raise UserError(f"{args.study_dir} has no trial records ({paths.trials_dir(args.study_dir)} is empty or missing); run a study first")
+        raise UserError(f"{args.study_dir} has no trial records ({layout.trials_dir(args.study_dir)} is empty or missing); run a study first")
     audit = audit_study(args.study_dir, records)
     print(audit.format())
     print(f"written: {write_audit(args.study_dir, audit)}")

@@ -7,11 +7,13 @@ import logging
 import tempfile
 from pathlib import Path
 
-from study import paths, storage
-from study.config import load_resolved_study
-from study.report import build_report, format_report, write_report
-from study.tracking import log_study_summary
-from study.trial import read_trial_records
+from study.config.loading import load_resolved_study
+from study.io import layout, storage
+from study.io.records import read_trial_records
+from study.report.files import write_report
+from study.report.model import build_report
+from study.report.text import format_report
+from study.tracking.summary import log_study_summary
 from trainables.data.manifest import read_manifest
 
 logger = logging.getLogger(__name__)
@@ -24,13 +26,13 @@ def write_study_report(study_dir: str | Path, log_to_mlflow: bool = True) -> str
     study = config.report_metadata(utterances)
     report = build_report(read_trial_records(study_dir), study)
     text = format_report(report)
-    remote = paths.is_remote(study_dir)
+    remote = layout.is_remote(study_dir)
     with contextlib.ExitStack() as stack:
         # A remote study's report is written locally, then published next to the study's other state.
-        out = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ser-study-report-"))) if remote else paths.report_dir(study_dir)
+        out = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ser-study-report-"))) if remote else layout.report_dir(study_dir)
         files = write_report(report, out)
         if remote:
-            storage.upload_tree(out, paths.report_dir(study_dir))
+            storage.upload_tree(out, layout.report_dir(study_dir))
         if log_to_mlflow:  # while the files still exist
-            log_study_summary(config.tracking_uri(), config.name, study, files)
+            log_study_summary(config.tracking_uri(), config.name, study, files, report=report)
     return text

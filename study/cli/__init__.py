@@ -7,10 +7,11 @@ import logging
 import sys
 from typing import Sequence
 
-from study.data_commands import add_demo_data_parser, add_prepare_parser
+from study.cli.data import add_demo_data_parser, add_prepare_parser
+from study.cli.encoder import add_tiny_encoder_parser
+from study.cli.fold import add_run_fold_parser
+from study.cli.study import add_study_parsers
 from study.errors import UserError
-from study.fold_command import add_run_fold_parser, add_tiny_encoder_parser
-from study.study_commands import add_study_parsers
 
 logger = logging.getLogger("study")
 
@@ -43,5 +44,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,21 +10,22 @@ import logging
 import os
 import uuid
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-import ray
-from ray import tune
-
-from study import paths, storage
-from study.config import StudyConfig, load_resolved_study
-from study.coordinator import get_coordinator
+from study.io import layout, storage
+from study.config.loading import load_resolved_study
+from study.config.study import StudyConfig
+from study.cache.leases import get_coordinator
 from study.errors import UserError
-from study.reachability import check_mlflow_server, check_ray_address
-from study.report_command import write_study_report
-from study.search import make_scheduler, make_search_alg
-from study.tracking import retire_lost_trials
-from study.trial import run_trial, set_aside_lost_records
+from study.tune.preflight import check_mlflow_server, check_ray_address
+from study.tune.publish import write_study_report
+from study.tracking.summary import retire_lost_trials
+from study.io.records import set_aside_lost_records
+from study.tune.trial import run_trial
 from trainables.atomic import atomic_write_text
+
+if TYPE_CHECKING:
+    from ray import tune
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +38,9 @@ def prepare_study_dir(config: StudyConfig) -> Path | str:
     """Create the study directory and save the resolved study file in it; refuse a directory of another study.
 
     Returns the study directory: a ``Path`` if local, the URI string if on object
-    storage (``s3://...``, ``file://...``; written through :mod:`study.storage`).
+    storage (``s3://...``, ``file://...``; written through :mod:`study.io.storage`).
     """
-    if paths.is_remote(config.storage.study_dir):
+    if layout.is_remote(config.storage.study_dir):
         return _prepare_remote_study_dir(config)
     study_dir = Path(config.storage.study_dir)
     try:
@@ -49,8 +50,8 @@ def prepare_study_dir(config: StudyConfig) -> Path | str:
         probe.unlink()
     except OSError as err:
         raise UserError(f"storage.study_dir {study_dir} is not writable ({err.strerror}); choose another with --study-dir") from None
-    study_file = paths.study_file(study_dir)
-    if paths.tune_dir(study_dir).exists():
+    study_file = layout.study_file(study_dir)
+    if layout.tune_dir(study_dir).exists():
         raise UserError(f"{study_dir} already holds a study; continue it with `ser-study resume {study_dir}` or choose another --study-dir")
     atomic_write_text(study_file, config.to_yaml())
     _point_to_shared_cache(config, study_dir)
@@ -58,34 +59,36 @@ def prepare_study_dir(config: StudyConfig) -> Path | str:
 
 
 def _prepare_remote_study_dir(config: StudyConfig) -> str:
-    study_dir = str(paths.location(config.storage.study_dir))
+    study_dir = str(layout.location(config.storage.study_dir))
     try:
         probe = storage.join(study_dir, f".write-test-{uuid.uuid4().hex}")
         storage.write_text(probe, "ok")
         storage.delete(probe)
-        taken = storage.exists(paths.tune_dir(study_dir))
+        taken = storage.exists(layout.tune_dir(study_dir))
     except (OSError, ValueError) as err:  # no credentials, no bucket, no permission, a malformed URI
         raise UserError(f"storage.study_dir {study_dir} is not writable ({err}); check the URI and your credentials, or choose another with --study-dir") from None
     if taken:
         raise UserError(f"{study_dir} already holds a study; continue it with `ser-study resume {study_dir}` or choose another --study-dir")
-    storage.write_text(paths.study_file(study_dir), config.to_yaml())
+    storage.write_text(layout.study_file(study_dir), config.to_yaml())
     _point_to_shared_cache(config, study_dir)
     return study_dir
 
 
 def _tune_storage_path(study_dir: Path | str) -> str:
     """Ray Tune's ``storage_path``: a URI passed unchanged, a local directory made absolute."""
-    return str(paths.location(study_dir)) if paths.is_remote(study_dir) else str(Path(study_dir).resolve())
+    return str(layout.location(study_dir)) if layout.is_remote(study_dir) else str(Path(study_dir).resolve())
 
 
 def _point_to_shared_cache(config: StudyConfig, study_dir) -> None:
     """With ``storage.cache_dir``, the study reads and builds its phases in that shared cache."""
     if config.storage.cache_dir:
-        storage.write_text(paths.cache_pointer(study_dir), str(config.storage.cache_dir) + "\n")
+        storage.write_text(layout.cache_pointer(study_dir), str(config.storage.cache_dir) + "\n")
 
 
 def connect_ray(address: str | None) -> None:
     """Join the cluster at ``address`` or start a local one (dashboard on, bound to 127.0.0.1)."""
+    import ray
+
     if ray.is_initialized():
         return
     try:
@@ -104,6 +107,8 @@ def check_services(config: StudyConfig, address: str | None) -> None:
 
 
 def _trainable():
+    from ray import tune
+
     return tune.with_resources(run_trial, TRIAL_RESOURCES)
 
 
@@ -113,6 +118,10 @@ def run_study(config: StudyConfig, address: str | None = None, callbacks: Sequen
     ``callbacks`` are Tune callbacks run in this (the driver) process, e.g. to
     log or watch trials as they end.
     """
+    from ray import tune
+
+    from study.tune.search import make_scheduler, make_search_alg
+
     config.check_inputs()  # before Ray starts: data, encoder, layers, folds
     check_services(config, address)
     study_dir = prepare_study_dir(config)
@@ -130,7 +139,7 @@ def run_study(config: StudyConfig, address: str | None = None, callbacks: Sequen
                 reuse_actors=config.search.reuse_actors,
             ),
             run_config=tune.RunConfig(
-                name=paths.TUNE_NAME,
+                name=layout.TUNE_NAME,
                 storage_path=_tune_storage_path(study_dir),
                 failure_config=tune.FailureConfig(max_failures=0),
                 callbacks=list(callbacks),
@@ -143,11 +152,13 @@ def run_study(config: StudyConfig, address: str | None = None, callbacks: Sequen
 
 def resume_study(study_dir: str | Path, address: str | None = None) -> tune.ResultGrid:
     """Continue an interrupted study from its directory alone: finished trials are kept, cached phases reused."""
-    study_dir = paths.require_study_dir(study_dir)
+    from ray import tune
+
+    study_dir = layout.require_study_dir(study_dir)
     config = load_resolved_study(study_dir)
     config.check_inputs()
     check_services(config, address)
-    tune_dir = _tune_storage_path(paths.tune_dir(study_dir))
+    tune_dir = _tune_storage_path(layout.tune_dir(study_dir))
     if not tune.Tuner.can_restore(tune_dir):
         raise UserError(f"{tune_dir} holds no Tune experiment state to resume; start the study again with `ser-study run`")
     return _drive(study_dir, address, lambda: tune.Tuner.restore(tune_dir, trainable=_trainable(), resume_unfinished=True, resume_errored=False, restart_errored=False))
@@ -156,7 +167,7 @@ def resume_study(study_dir: str | Path, address: str | None = None) -> tune.Resu
 def _drive(study_dir: str | Path, address: str | None, make_tuner: Callable[[], tune.Tuner]) -> tune.ResultGrid:
     """Join or start Ray, start the study's cache coordinator, run the tuner to the end, write the report."""
     connect_ray(address)
-    get_coordinator(str(paths.cache_dir(study_dir)))
+    get_coordinator(str(layout.cache_dir(study_dir)))
     results = make_tuner().fit()
     _forget_lost_trials(study_dir, results)
     write_study_report(study_dir)
@@ -165,6 +176,8 @@ def _drive(study_dir: str | Path, address: str | None, make_tuner: Callable[[], 
 
 def _forget_lost_trials(study_dir: str | Path, results: tune.ResultGrid) -> None:
     """Set aside the records and MLflow runs of trials that Tune's saved state never knew (see ``set_aside_lost_records``)."""
+    from ray import tune
+
     known = {trial.trial_id for trial in tune.ExperimentAnalysis(results.experiment_path).trials}
     set_aside_lost_records(study_dir, known)
     config = load_resolved_study(study_dir)

@@ -31,12 +31,13 @@ import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Union
+from typing import TYPE_CHECKING, Iterable, Union
 from urllib.parse import quote, unquote, urlsplit
 
-import pyarrow.fs as pafs
-
 from trainables.atomic import atomic_file, atomic_write_text
+
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
 
 Location = Union[str, os.PathLike]
 
@@ -47,9 +48,19 @@ _MANGLED = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/(?!/)(.*)$", re.DOTALL)
 #: Parallel transfers in :func:`upload_tree`, :func:`download_tree` and :func:`read_texts`.
 TRANSFER_THREADS = 8
 
-_local_fs = pafs.LocalFileSystem()
-_filesystems: dict[tuple[str, str, str], tuple[pafs.FileSystem, bool]] = {}
+_filesystems: dict[tuple[str, str, str], tuple["pafs.FileSystem", bool]] = {}
 _lock = threading.Lock()
+
+
+def _fs():
+    """``pyarrow.fs``, imported on first use: reading a study file or printing ``--help`` needs no pyarrow."""
+    import pyarrow.fs
+
+    return pyarrow.fs
+
+
+def _local_fs() -> "pafs.FileSystem":
+    return _fs().LocalFileSystem()
 
 
 def is_uri(location: Location) -> bool:
@@ -106,7 +117,7 @@ def resolve(location: Location) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem of ``location`` and the path in it (cached per scheme, bucket and query)."""
     location = normalize(location)
     if not _URI.match(location):
-        return _local_fs, os.path.abspath(os.path.expanduser(location))
+        return _local_fs(), os.path.abspath(os.path.expanduser(location))
     split = urlsplit(location)
     cache_key = (split.scheme.lower(), split.netloc, split.query)
     ours = unquote(split.path) if cache_key[0] == "file" else split.netloc + unquote(split.path)
@@ -117,7 +128,7 @@ def resolve(location: Location) -> tuple[pafs.FileSystem, str]:
         filesystem, ours_is_right = known
         if ours_is_right:
             return filesystem, ours
-    filesystem, path = pafs.FileSystem.from_uri(location)
+    filesystem, path = _fs().FileSystem.from_uri(location)
     with _lock:
         _filesystems.setdefault(cache_key, (filesystem, path == ours))
     return filesystem, path
@@ -149,7 +160,7 @@ def _is_missing(error: OSError, filesystem: pafs.FileSystem, path: str) -> bool:
     if isinstance(error, FileNotFoundError):
         return True
     try:
-        return filesystem.get_file_info(path).type == pafs.FileType.NotFound
+        return filesystem.get_file_info(path).type == _fs().FileType.NotFound
     except OSError:
         return False
 
@@ -218,12 +229,12 @@ def write_text(location: Location, text: str) -> None:
 def exists(location: Location) -> bool:
     """True if a file or folder (on an object store: any object under the prefix) is there."""
     filesystem, path = resolve(location)
-    return filesystem.get_file_info(path).type != pafs.FileType.NotFound
+    return filesystem.get_file_info(path).type != _fs().FileType.NotFound
 
 
 def is_file(location: Location) -> bool:
     filesystem, path = resolve(location)
-    return filesystem.get_file_info(path).type == pafs.FileType.File
+    return filesystem.get_file_info(path).type == _fs().FileType.File
 
 
 def list_files(location: Location, suffix: str = "", recursive: bool = False, hidden: bool = False) -> list[str]:
@@ -234,11 +245,11 @@ def list_files(location: Location, suffix: str = "", recursive: bool = False, hi
     """
     filesystem, path = resolve(location)
     base = normalize(location)
-    infos = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=recursive))
+    infos = filesystem.get_file_info(_fs().FileSelector(path, allow_not_found=True, recursive=recursive))
     found = []
     root = path.rstrip("/")
     for info in infos:
-        if info.type != pafs.FileType.File or not info.path.startswith(root + "/"):
+        if info.type != _fs().FileType.File or not info.path.startswith(root + "/"):
             continue
         relative = info.path[len(root) + 1 :]
         if not relative.endswith(suffix) or (not hidden and any(part.startswith(".") for part in relative.split("/"))):
@@ -251,9 +262,9 @@ def delete(location: Location) -> None:
     """Remove a file or a whole folder (prefix); nothing if it is not there."""
     filesystem, path = resolve(location)
     kind = filesystem.get_file_info(path).type
-    if kind == pafs.FileType.File:
+    if kind == _fs().FileType.File:
         filesystem.delete_file(path)
-    elif kind == pafs.FileType.Directory:
+    elif kind == _fs().FileType.Directory:
         filesystem.delete_dir(path)
 
 
@@ -278,7 +289,7 @@ def upload_tree(local_dir: Location, destination: Location, last: Iterable[str] 
 
     def copy(relative: str) -> None:
         target = f"{root}/{relative}"
-        pafs.copy_files(str(local_dir / relative), target, source_filesystem=_local_fs, destination_filesystem=filesystem, use_threads=False)
+        _fs().copy_files(str(local_dir / relative), target, source_filesystem=_local_fs(), destination_filesystem=filesystem, use_threads=False)
 
     _run_all(copy, first)
     _run_all(copy, final)  # only after every other file succeeded
@@ -292,9 +303,9 @@ def download_tree(source: Location, local_dir: Location) -> int:
     temporary folder and rename it, so that a half download never looks done.
     """
     filesystem, root = resolve(source)
-    infos = filesystem.get_file_info(pafs.FileSelector(root, allow_not_found=True, recursive=True))
+    infos = filesystem.get_file_info(_fs().FileSelector(root, allow_not_found=True, recursive=True))
     prefix = root.rstrip("/") + "/"
-    files = sorted(info.path[len(prefix) :] for info in infos if info.type == pafs.FileType.File and info.path.startswith(prefix))
+    files = sorted(info.path[len(prefix) :] for info in infos if info.type == _fs().FileType.File and info.path.startswith(prefix))
     if not files:
         raise FileNotFoundError(f"{normalize(source)} holds no files")
     local_dir = Path(local_dir)
@@ -302,7 +313,7 @@ def download_tree(source: Location, local_dir: Location) -> int:
     def copy(relative: str) -> None:
         target = local_dir / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        pafs.copy_files(prefix + relative, str(target), source_filesystem=filesystem, destination_filesystem=_local_fs, use_threads=False)
+        _fs().copy_files(prefix + relative, str(target), source_filesystem=filesystem, destination_filesystem=_local_fs(), use_threads=False)
 
     _run_all(copy, files)
     return len(files)

@@ -10,22 +10,27 @@
     <study_dir>/report/                the report's tables and plots
 
 A study directory is a local path or a URI (``s3://bucket/prefix``, ``gs://``,
-``file:///abs/path``; see :mod:`study.storage`). For a local directory every
+``file:///abs/path``; see :mod:`study.io.storage`). For a local directory every
 function returns a :class:`~pathlib.Path`; for a URI, a ``str`` URI joined with
 ``/`` (before any ``?query``). Read and write what they name through
-:mod:`study.storage`, which takes either. A URI that went through ``Path()``
+:mod:`study.io.storage`, which takes either. A URI that went through ``Path()``
 (``s3:/bucket/x``) is repaired, not taken for a local folder named ``s3:``.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Union
 
-from study import storage
+from study.io import storage
 from study.errors import UserError
 
 TUNE_NAME = "tune"
+STUDY_FILE = "study.yaml"
+#: The local MLflow store (SQLite) and its artifact folder.
+DB_FILE = "mlflow.db"
+ARTIFACT_DIR = "mlartifacts"
 
 #: A local path or a URI string.
 StudyPath = Union[Path, str]
@@ -47,7 +52,14 @@ def is_remote(study_dir: str | Path) -> bool:
 
 
 def study_file(study_dir: str | Path) -> StudyPath:
-    return _join(study_dir, "study.yaml")
+    """The resolved study file (what ``resume`` and the trials read)."""
+    return _join(study_dir, STUDY_FILE)
+
+
+def sqlite_uri(location: str | Path) -> str:
+    """The SQLite MLflow store of a local directory (``<dir>/mlflow.db``) or ``*.db`` file, as an absolute ``sqlite:///`` URI."""
+    path = Path(os.path.abspath(os.path.expanduser(str(location))))
+    return f"sqlite:///{path if path.suffix == '.db' else path / DB_FILE}"
 
 
 def tune_dir(study_dir: str | Path) -> StudyPath:
@@ -73,6 +85,11 @@ def cache_dir(study_dir: str | Path) -> StudyPath:
     return own_cache_dir(study_dir)
 
 
+def artifact_location(cache_root: str | Path, phase: str, key: str) -> StudyPath:
+    """Where a phase cache keeps an artifact for good: ``<cache_root>/<phase>/<key>`` (a URI for a remote cache)."""
+    return _join(cache_root, phase, key)
+
+
 def trials_dir(study_dir: str | Path) -> StudyPath:
     return _join(study_dir, "trials")
 
@@ -82,7 +99,7 @@ def trial_record(study_dir: str | Path, trial_id: str) -> StudyPath:
 
 
 def lost_trial_record(study_dir: str | Path, trial_id: str) -> StudyPath:
-    """Where the record of a trial that Tune's saved state does not know is set aside (see ``study.trial``)."""
+    """Where the record of a trial that Tune's saved state does not know is set aside (see ``study.tune.trial``)."""
     return _join(study_dir, "trials", "lost", f"{trial_id}.json")
 
 

@@ -1,7 +1,7 @@
 """MLflow tracking of a study: one run per trial, a nested run per fold, one summary run.
 
 Used from inside Ray Tune trial processes; every call opens its store through
-:mod:`study.mlflow_store` (a cached client, retries on SQLite locks), taking
+:mod:`study.tracking.store` (a cached client, retries on SQLite locks), taking
 the tracking URI or finding it from the run id :func:`start_trial` returned in
 the same process.
 
@@ -23,14 +23,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
-from study.audit import PHASES, log_audit
-from study.mlflow_store import (
+from study.audit.findings import AUDIT_FILE, PHASE_LABELS, TrialAudit
+from study.config.study import StudyConfig, code_version
+from study.tracking.store import (
     ensure_experiment,
     flatten,
     get_client,
@@ -44,8 +44,10 @@ from study.mlflow_store import (
     uri_of_run,
     with_retries,
 )
-from study.report import Report, confusion_figure, trial_metrics, write_png
-from study.report.model import SEARCHED, finite
+from study.report.figures import confusion_figure, write_png
+from study.report.model import finite, trial_metrics
+from trainables.data.manifest import Utterance, fingerprint
+from trainables.phases.artifacts import PHASES
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,8 @@ STUDY_DIR_TAG = "ser_study.study_dir"
 SESSION_TAG = "ser_study.test_session"
 PARENT_TAG = "mlflow.parentRunId"
 SUMMARY_RUN_NAME = "study-summary"
+#: MLflow allows 8000 characters in a tag.
+_MAX_TAG_CHARS = 5000
 
 
 # ----------------------------------------------------------------------------
@@ -102,6 +106,21 @@ def start_trial(
     log_params_once(client, run_id, all_params)
     log_batch(client, run_id, tags=all_tags)
     return run_id
+
+
+def trial_tags(config: "StudyConfig", utterances: Sequence["Utterance"]) -> dict[str, str]:
+    """The tags every trial run of ``config`` carries: the study, its protocol, data, code and encoder."""
+    protocol = config.protocol()
+    return {
+        STUDY_TAG: config.name,
+        STUDY_DIR_TAG: str(config.storage.study_dir),
+        "strict": str(protocol.strict).lower(),
+        "protocol": protocol.describe(),
+        "data_fingerprint": fingerprint(u.utt_id for u in utterances),
+        "code_version": code_version(),
+        "encoder": config.encoder,
+        "preset": config.phases.preset,
+    }
 
 
 def _history_metrics(history: Mapping[str, Any], timestamp: int) -> list[Any]:
@@ -280,141 +299,6 @@ def finish_trial(
 
 
 # ----------------------------------------------------------------------------
-# The study summary
-# ----------------------------------------------------------------------------
-
-
-def log_study_summary(
-    uri: str,
-    experiment: str,
-    study: Mapping[str, Any],
-    report_files: Sequence[str | Path],
-    *,
-    report: Report | None = None,
-    artifact_location: str | None = None,
-) -> str:
-    """Create or update the experiment's one ``study-summary`` run; return its id.
-
-    Logs ``report_files`` under the artifact folder ``report/``, the study's
-    objective and protocol, and with ``report`` the best configuration (tags
-    ``best.<param>``, ``best.trial_id``) and its metrics (``best_<metric>``)
-    plus trial counts, at ``step = number of trials`` so that successive
-    updates keep a history.
-    """
-    client = get_client(uri)
-    experiment_id = ensure_experiment(uri, experiment, artifact_location)
-    name = str(study.get("name", experiment))
-    existing = search_runs(client, experiment_id, f"tags.`{KIND_TAG}` = 'summary'", ["attributes.start_time DESC"])
-    if existing:
-        run_id = existing[0].info.run_id
-        with_retries(client.update_run, run_id, status="RUNNING")
-    else:
-        run_id = with_retries(client.create_run, experiment_id, run_name=SUMMARY_RUN_NAME, tags={KIND_TAG: "summary", STUDY_TAG: name}).info.run_id
-    remember_run_uri(run_id, uri)
-
-    objective = dict(study.get("objective") or {})
-    protocol = dict(study.get("protocol") or {})
-    log_params_once(
-        client,
-        run_id,
-        {
-            "study": name,
-            "objective.metric": objective.get("metric", "val_ua_mean"),
-            "objective.mode": objective.get("mode", "max"),
-            "protocol": protocol.get("description", "strict" if protocol.get("strict", True) else "NOT strict"),
-        },
-    )
-    tags: dict[str, Any] = {KIND_TAG: "summary", STUDY_TAG: name, "strict": str(bool(protocol.get("strict", True))).lower()}
-    for key in ("study_dir", "data_fingerprint", "code_version"):
-        if study.get(key):
-            tags[key] = study[key]
-    metrics = []
-    if report is None:
-        metrics, best_tags = _summary_from_runs(client, experiment_id, str(objective.get("metric", "val_ua_mean")), str(objective.get("mode", "max")))
-        tags.update(best_tags)
-    else:
-        timestamp = int(time.time() * 1000)
-        step = len(report.trials)
-        counts = report.counts()
-        metrics.append(make_metric("trials", len(report.trials), step, timestamp))
-        metrics += [make_metric(f"trials_{status}", count, step, timestamp) for status, count in counts.items()]
-        tags["strict"] = str(report.strict).lower()
-        if report.best is not None:
-            best = report.best
-            tags["best.trial_id"] = best.trial_id
-            tags.update({f"best.{k}": v for k, v in flatten(best.params).items()})
-            metrics += [make_metric(f"best_{k}", v, step, timestamp) for k, v in sorted(best.metrics.items()) if finite(v)]
-            if finite(best.objective):
-                metrics.append(make_metric("best_objective", best.objective, step, timestamp))
-    log_batch(client, run_id, metrics, tags=tags)
-    for path in map(Path, report_files):
-        if path.is_dir():
-            with_retries(client.log_artifacts, run_id, str(path), f"report/{path.name}")
-        elif path.is_file():
-            with_retries(client.log_artifact, run_id, str(path), "report")
-        else:
-            logger.warning("study summary: report file %s does not exist; skipped", path)
-    with_retries(client.set_terminated, run_id, "FINISHED")
-    logger.info("study summary of %s logged to MLflow run %s", name, run_id)
-    return run_id
-
-
-def _summary_from_runs(client: Any, experiment_id: str, metric: str, mode: str) -> tuple[list[Any], dict[str, Any]]:
-    """Trial counts and the best complete trial's metrics, read from the experiment's trial runs.
-
-    Used when no :class:`~study.report.Report` is given; the same choice as the
-    report (complete trials only, by the objective).
-    """
-    runs = search_runs(client, experiment_id, f"tags.`{KIND_TAG}` = 'trial'")
-    timestamp = int(time.time() * 1000)
-    step = len(runs)
-    counts: dict[str, int] = {}
-    for run in runs:
-        status = run.data.tags.get(STATUS_TAG, "unknown")
-        counts[status] = counts.get(status, 0) + 1
-    metrics = [make_metric("trials", len(runs), step, timestamp)]
-    metrics += [make_metric(f"trials_{status}", count, step, timestamp) for status, count in counts.items()]
-    tags: dict[str, Any] = {}
-    complete = [r for r in runs if r.data.tags.get(STATUS_TAG) == "complete" and finite(r.data.metrics.get(metric))]
-    if complete:
-        complete.sort(key=lambda r: (r.info.end_time or 0))
-        pick = max if mode == "max" else min
-        best = pick(complete, key=lambda r: r.data.metrics[metric])
-        tags["best.trial_id"] = best.data.tags.get(TRIAL_ID_TAG, "")
-        tags["best.run_id"] = best.info.run_id
-        tags.update({f"best.{name}": best.data.params[name] for name in SEARCHED if name in best.data.params})
-        aggregate = re.compile(r"^(val|test)_(ua|wa|macro_f1)_(mean|std)$")
-        metrics += [make_metric(f"best_{k}", v, step, timestamp) for k, v in sorted(best.data.metrics.items()) if aggregate.match(k) and finite(v)]
-        metrics.append(make_metric("best_objective", best.data.metrics[metric], step, timestamp))
-    if any(r.data.tags.get("strict") == "false" for r in runs):
-        tags["strict"] = "false"
-    return metrics, tags
-
-
-def retire_lost_trials(uri: str, experiment: str, study_dir: str, known_trial_ids: set[str]) -> list[str]:
-    """Delete (MLflow's soft delete) the runs of ``study_dir``'s trials that Tune does not know, with their fold runs.
-
-    A trial lost with an interrupted driver may have opened its run without
-    ever writing a record, so the runs are found in MLflow itself: trial runs
-    tagged with this study directory whose trial id is not in
-    ``known_trial_ids``. They are tagged ``ser_study.status=lost`` first
-    (the UI's "deleted" filter still shows them). Returns the lost trial ids.
-    """
-    client = get_client(uri)
-    experiment_id = ensure_experiment(uri, experiment)
-    trials = search_runs(client, experiment_id, f"tags.`{KIND_TAG}` = 'trial' AND tags.`{STUDY_DIR_TAG}` = {quote(study_dir)}")
-    lost = [t for t in trials if t.data.tags.get(TRIAL_ID_TAG) not in known_trial_ids]
-    for trial in lost:
-        for run in [trial, *search_runs(client, experiment_id, f"tags.`{PARENT_TAG}` = {quote(trial.info.run_id)}")]:
-            with_retries(client.set_tag, run.info.run_id, STATUS_TAG, "lost")
-            with_retries(client.delete_run, run.info.run_id)
-    ids = sorted(t.data.tags.get(TRIAL_ID_TAG, "") for t in lost)
-    if ids:
-        logger.warning("deleted the MLflow runs of %d trial(s) lost with an interrupted driver: %s", len(ids), ids)
-    return ids
-
-
-# ----------------------------------------------------------------------------
 # A convenience wrapper for the trial function
 # ----------------------------------------------------------------------------
 
@@ -434,8 +318,8 @@ class TrialTracker:
         self.raise_errors = raise_errors
         self.run_id: str | None = None
 
-    def log_audit(self, audit: Any) -> None:
-        """Attach a trial's leakage audit (:class:`study.audit.TrialAudit`) to its run."""
+    def log_audit(self, audit: TrialAudit) -> None:
+        """Attach a trial's leakage audit (:class:`study.audit.findings.TrialAudit`) to its run."""
         if self.run_id is not None:
             self._guard("audit", log_audit, self.run_id, audit, uri=self.uri)
 
@@ -464,3 +348,20 @@ class TrialTracker:
         if self.run_id is None:
             return
         self._guard("finish", finish_trial, self.run_id, record, uri=self.uri, data_fingerprint=data_fingerprint, code_version=code_version)
+
+
+def log_audit(run_id: str, audit: TrialAudit, *, uri: str | None = None) -> None:
+    """Put a trial's audit on its MLflow run: tags ``audit`` (clean | shared | leak | unverified),
+    ``audit_shared`` (what a looser protocol shared), ``audit_leaks`` (the leaks, if any),
+    metric ``audit_leak_count`` and artifact ``audit.json``."""
+    client = get_client(uri_of_run(run_id, uri))  # the URI the trial's run was started with
+    tags = {"audit": audit.verdict(), "audit_strict": str(audit.strict).lower()}
+    shared = audit.shared_statements()
+    if shared:
+        tags["audit_shared"] = "; ".join(shared)
+    if audit.leaks:
+        tags["audit_leaks"] = "; ".join(f"fold {fold.test_session} {PHASE_LABELS[f.phase]}: {f.message}" for fold in audit.folds for f in fold.leaks)
+    for name, value in tags.items():
+        with_retries(client.set_tag, run_id, name, value[:_MAX_TAG_CHARS])
+    with_retries(client.log_metric, run_id, "audit_leak_count", float(len(audit.leaks)))
+    with_retries(client.log_text, run_id, json.dumps(audit.to_dict(), indent=2, ensure_ascii=False), AUDIT_FILE)

@@ -15,14 +15,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from study.cache import ArtifactCache
+from study.cache.store import ArtifactCache
 from trainables.data.folds import Fold, build_fold
 from trainables.data.manifest import Utterance, fingerprint
 from trainables.executors import PhaseExecutor
 from trainables.models.encoder import encoder_fingerprint, read_encoder_info
 from trainables.phases.artifacts import encoder_dir, read_record
 from trainables.phases.finetune import read_metrics
-from trainables.phases.settings import Candidate, PhaseSettings, Protocol
+from trainables.config import Candidate, PhaseSettings
+from trainables.data.folds import FoldProtocol
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def _select(utterances: Sequence[Utterance], ids: Sequence[str]) -> list[Utteran
 def run_fold_chain(
     utterances: Sequence[Utterance],
     test_session: int,
-    protocol: Protocol,
+    protocol: FoldProtocol,
     candidate: Candidate,
     settings: PhaseSettings,
     encoder: str,

@@ -4,7 +4,7 @@ Every phase artifact's ``record.json`` names the utterances it trained, fit,
 embedded, selected or tested on (:class:`trainables.phases.artifacts.PhaseRecord`:
 ``used[role] = {"fingerprint", "count", "sessions"}``), and every fold of a trial
 record names its test session, its split's fingerprints and the cache key of
-each phase artifact (:class:`study.chain.FoldResult`). The audit reads the five
+each phase artifact (:class:`study.cache.chain.FoldResult`). The audit reads the five
 records of each fold from the cache and checks them against the fold:
 
 ========== ============== ================================================ ==================
@@ -54,39 +54,15 @@ run (tags ``audit``, ``audit_shared``; artifact ``audit.json``).
 from __future__ import annotations
 
 import json
-import logging
 import re
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping
 
-from study import paths, storage
-from study.mlflow_store import get_client, uri_of_run, with_retries
-from trainables.atomic import atomic_write_text
-from trainables.data.folds import Fold, Validation, build_fold
+from study.audit.findings import ENCODER, LEAK, OK, PRETRAINING_RECORD, SHARED, SPLIT, UNVERIFIED, Finding, FoldAudit, TrialAudit
+from study.io import layout, storage
+from trainables.data.folds import Fold, Validation
 from trainables.data.manifest import fingerprint
-from trainables.phases.artifacts import RECORD_FILE
-
-logger = logging.getLogger(__name__)
-
-LEAK, SHARED, UNVERIFIED, OK = "leak", "shared", "unverified", "ok"
-KINDS = (LEAK, SHARED, UNVERIFIED, OK)
-
-PHASES = ("tapt", "embeddings", "clustering", "cpt", "finetune")
-#: Phases of a finding besides the five: the split itself and the initial encoder's pretraining.
-SPLIT, ENCODER = "split", "encoder"
-PHASE_LABELS = {
-    "tapt": "TAPT",
-    "embeddings": "embeddings",
-    "clustering": "k-means",
-    "cpt": "CPT",
-    "finetune": "fine-tuning",
-    SPLIT: "validation/test",
-    ENCODER: "encoder pretraining",
-}
-AUDIT_FILE = "audit.json"
-_MAX_TAG_CHARS = 5000  # MLflow allows 8000
-PRETRAINING_RECORD = "pretraining_record.json"
+from trainables.phases.artifacts import PHASES, RECORD_FILE
 
 #: What each phase did with the utterances of each role of its record.
 ROLES: dict[str, dict[str, str]] = {
@@ -126,244 +102,9 @@ ACCESS = {
 UPSTREAM_LINKS = {"embeddings": ("encoder", "tapt"), "clustering": ("embeddings", "embeddings"), "finetune": ("encoder", "cpt")}
 
 
-@dataclass(frozen=True)
-class Finding:
-    """One check of one fold: ``kind`` (leak | shared | unverified | ok), where, and what was found."""
-
-    kind: str
-    phase: str  # one of PHASES, "split" or "encoder"
-    message: str
-    role: str = ""  # the record's role ("trained_on" ...), "" for checks not about one utterance set
-    artifact: str = ""  # the artifact directory the finding is about
-
-    def line(self) -> str:
-        where = f" [{self.artifact}]" if self.artifact and self.kind != OK else ""
-        return f"{self.kind.upper():<10} {PHASE_LABELS.get(self.phase, self.phase)}: {self.message}{where}"
-
-
-def _status(findings: Sequence[Finding]) -> str:
-    kinds = {f.kind for f in findings}
-    if LEAK in kinds:
-        return "LEAK"
-    if UNVERIFIED in kinds:
-        return "?"
-    if SHARED in kinds:
-        return "shared"
-    return "✓" if kinds else "-"
-
-
-def _shared_statements(findings: Iterable[Finding]) -> list[str]:
-    """What a looser protocol shared, in words: which test-session data, which phases."""
-    audio, validation, encoder = [], [], False
-    for f in findings:
-        if f.kind != SHARED:
-            continue
-        label = PHASE_LABELS[f.phase]
-        if f.phase == ENCODER:
-            encoder = True
-        elif f.role == "selected_on":
-            if label not in validation:
-                validation.append(label)
-        elif label not in audio:
-            audio.append(label)
-    statements = []
-    if audio:
-        order = [PHASE_LABELS[p] for p in PHASES]
-        statements.append("test-session audio without labels in " + ", ".join(sorted(audio, key=order.index)))
-    if validation:
-        statements.append("a test-session speaker's labelled utterances as validation (early stopping, model selection) in " + ", ".join(validation))
-    if encoder:
-        statements.append("test-session audio without labels in the initial encoder's pretraining")
-    return statements
-
-
-@dataclass
-class FoldAudit:
-    """The audit of one fold: its protocol and every finding."""
-
-    test_session: int
-    validation: str
-    unsupervised_audio: str
-    findings: list[Finding] = field(default_factory=list)
-
-    def of_kind(self, kind: str) -> list[Finding]:
-        return [f for f in self.findings if f.kind == kind]
-
-    @property
-    def leaks(self) -> list[Finding]:
-        return self.of_kind(LEAK)
-
-    @property
-    def shared(self) -> list[Finding]:
-        return self.of_kind(SHARED)
-
-    @property
-    def unverified(self) -> list[Finding]:
-        return self.of_kind(UNVERIFIED)
-
-    @property
-    def clean(self) -> bool:
-        """No leak, and every record there and consistent with the fold."""
-        return not self.leaks and not self.unverified
-
-    @property
-    def strict(self) -> bool:
-        """Clean, and no test-session data shared under a looser protocol either."""
-        return self.clean and not self.shared
-
-    def status(self, phase: str) -> str:
-        """``✓``, ``LEAK``, ``shared``, ``?`` (unverified) or ``-`` (not audited) for one phase."""
-        return _status([f for f in self.findings if f.phase == phase])
-
-    def shared_statements(self) -> list[str]:
-        return _shared_statements(self.findings)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "test_session": self.test_session,
-            "validation": self.validation,
-            "unsupervised_audio": self.unsupervised_audio,
-            "clean": self.clean,
-            "strict": self.strict,
-            "shared": self.shared_statements(),
-            "status": {phase: self.status(phase) for phase in (*PHASES, SPLIT, ENCODER)},
-            "findings": [asdict(f) for f in self.findings],
-        }
-
-
-@dataclass
-class TrialAudit:
-    """The audit of every finished fold of one trial."""
-
-    trial_id: str
-    protocol: dict[str, Any]
-    folds: list[FoldAudit] = field(default_factory=list)
-
-    @property
-    def clean(self) -> bool:
-        return all(f.clean for f in self.folds)
-
-    @property
-    def strict(self) -> bool:
-        return all(f.strict for f in self.folds)
-
-    @property
-    def leaks(self) -> list[Finding]:
-        return [f for fold in self.folds for f in fold.leaks]
-
-    def shared_statements(self) -> list[str]:
-        return _shared_statements(f for fold in self.folds for f in fold.findings)
-
-    def verdict(self) -> str:
-        """One word: ``leak``, ``unverified``, ``shared`` or ``clean``."""
-        if any(fold.leaks for fold in self.folds):
-            return LEAK
-        if not self.clean:
-            return UNVERIFIED
-        return "clean" if self.strict else SHARED
-
-    def summary(self) -> dict[str, Any]:
-        """The few fields a trial record, a report row or an MLflow run carries: verdict, flags, what was shared."""
-        return {"verdict": self.verdict(), "clean": self.clean, "strict": self.strict, "shared": self.shared_statements(), "leaks": len(self.leaks)}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "trial_id": self.trial_id,
-            "protocol": self.protocol,
-            "verdict": self.verdict(),
-            "clean": self.clean,
-            "strict": self.strict,
-            "shared": self.shared_statements(),
-            "folds": [f.to_dict() for f in self.folds],
-        }
-
-    def format(self) -> str:
-        lines = [f"trial {self.trial_id}: {self.verdict().upper()}   protocol: {self.protocol.get('description') or ('strict' if self.protocol.get('strict', True) else 'NOT strict')}"]
-        if not self.folds:
-            lines.append("  no finished folds")
-            return "\n".join(lines)
-        columns = list(PHASES) + [SPLIT] + ([ENCODER] if any(fold.status(ENCODER) != "-" for fold in self.folds) else [])
-        header = ["fold"] + [PHASE_LABELS[c] for c in columns]
-        rows = [[str(fold.test_session)] + [fold.status(c) for c in columns] for fold in self.folds]
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        for row in [header, *rows]:
-            lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-        for statement in self.shared_statements():
-            lines.append(f"  shared: {statement}")
-        for fold in self.folds:
-            for finding in fold.findings:
-                if finding.kind in (LEAK, UNVERIFIED):
-                    lines.append(f"  fold {fold.test_session}  {finding.line()}")
-        return "\n".join(lines)
-
-
-@dataclass
-class StudyAudit:
-    """The audit of every trial record of a study."""
-
-    study_dir: str
-    trials: list[TrialAudit] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def clean(self) -> bool:
-        """No fold of any trial leaked, and every fold could be audited."""
-        return all(t.clean for t in self.trials)
-
-    @property
-    def strict(self) -> bool:
-        """Clean, and nothing of any test session shared under a looser protocol."""
-        return all(t.strict for t in self.trials)
-
-    @property
-    def leaks(self) -> list[Finding]:
-        return [f for t in self.trials for f in t.leaks]
-
-    def headline(self) -> str:
-        folds = sum(len(t.folds) for t in self.trials)
-        scope = f"{len(self.trials)} trial(s), {folds} fold(s)"
-        if self.leaks:
-            leaky = {(t.trial_id, fold.test_session) for t in self.trials for fold in t.folds if fold.leaks}
-            return f"LEAK: test-session data where the protocol allows none, in {len(leaky)} fold(s) ({scope})"
-        if not self.clean:
-            return f"UNVERIFIED: some folds could not be audited ({scope})"
-        if not self.strict:
-            shared = _shared_statements(f for t in self.trials for fold in t.folds for f in fold.findings)
-            return f"CLEAN, NOT strict: no leak, but shared under the protocol: {'; '.join(shared)} ({scope})"
-        return f"CLEAN, strict: no test-session utterance entered TAPT, k-means, CPT or fine-tuning; validation never overlapped test ({scope})"
-
-    def format(self) -> str:
-        lines = [f"Leakage audit of {self.study_dir}", self.headline()]
-        lines.extend(f"note: {note}" for note in self.notes)
-        for trial in self.trials:
-            lines.append("")
-            lines.append(trial.format())
-        if not self.trials:
-            lines.append("no trial records")
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "study_dir": self.study_dir,
-            "headline": self.headline(),
-            "clean": self.clean,
-            "strict": self.strict,
-            "shared": _shared_statements(f for t in self.trials for fold in t.folds for f in fold.findings),
-            "notes": list(self.notes),
-            "trials": [t.to_dict() for t in self.trials],
-        }
-
-
 # ----------------------------------------------------------------------------
 # Reading records
 # ----------------------------------------------------------------------------
-
-
-def artifact_location(cache_root: str | Path, phase: str, key: str) -> str:
-    """Where the cache keeps an artifact: ``cache_root/<phase>/<key>`` (a URI for a remote cache)."""
-    if storage.is_uri(cache_root):
-        return storage.join(cache_root, phase, key)
-    return str(Path(cache_root) / phase / key)
 
 
 def _read_artifact_record(location: str, memo: dict[str, Any] | None) -> dict[str, Any] | str:
@@ -406,7 +147,7 @@ def audit_fold(
     *,
     _memo: dict[str, Any] | None = None,
 ) -> FoldAudit:
-    """Audit one fold of a trial record (a :meth:`study.chain.FoldResult.to_dict`).
+    """Audit one fold of a trial record (a :meth:`study.cache.chain.FoldResult.to_dict`).
 
     ``cache_root`` is the artifact cache the fold's keys refer to (a study's
     ``<study_dir>/cache``, local or a URI). ``split``, the fold rebuilt from the
@@ -443,7 +184,7 @@ def audit_fold(
         if not key:
             add(Finding(UNVERIFIED, phase, f"the fold names no {phase} artifact"))
             continue
-        location = artifact_location(cache_root, phase, key)
+        location = str(layout.artifact_location(cache_root, phase, key))
         locations[phase] = location
         record = _read_artifact_record(location, _memo)
         if isinstance(record, str):
@@ -615,77 +356,3 @@ def audit_trial(
         session = fold.get("test_session")
         audit.folds.append(audit_fold(fold, cache_root, (splits or {}).get(session), _memo=memo))
     return audit
-
-
-def rebuild_splits(study_dir: str | Path, sessions: Iterable[int] | None = None) -> dict[int, Fold]:
-    """The folds of a study rebuilt from its manifest and protocol (``study.yaml``), for checks by utterance id.
-
-    Raises what loading the study or the manifest raises.
-    """
-    from study.config import load_resolved_study
-    from trainables.data.manifest import read_manifest
-
-    study = load_resolved_study(study_dir)
-    utterances = read_manifest(study.data.manifest)
-    protocol = study.protocol()
-    wanted = sorted(set(sessions)) if sessions is not None else study.fold_sessions(utterances)
-    present = {u.session for u in utterances}
-    return {s: build_fold(utterances, protocol.fold_spec(s)) for s in wanted if s in present}
-
-
-def audit_study(study_dir: str | Path, records: Sequence[Mapping[str, Any]] | None = None, check_ids: bool = True) -> StudyAudit:
-    """Audit every trial record of a study directory (local or a URI).
-
-    With ``check_ids`` and a readable ``study.yaml`` and manifest, the folds are
-    rebuilt from the manifest for checks by utterance id; otherwise a note says
-    they were skipped.
-    """
-    from study.trial import read_trial_records
-
-    location = paths.location(study_dir)
-    records = list(records) if records is not None else read_trial_records(study_dir)
-    audit = StudyAudit(str(location))
-    splits: dict[int, Fold] | None = None
-    if check_ids:
-        sessions = {int(f["test_session"]) for r in records for f in r.get("folds") or [] if "test_session" in f}
-        if not storage.is_file(paths.study_file(study_dir)):
-            audit.notes.append("no study.yaml: validation/test overlap checked by session and fingerprint, not by utterance id")
-        else:
-            try:
-                splits = rebuild_splits(study_dir, sessions)
-            except Exception as err:  # noqa: BLE001 - the id-level checks are extra; say why they were skipped
-                logger.warning("audit of %s: folds not rebuilt from the manifest (%s)", study_dir, err)
-                audit.notes.append(f"the manifest could not be read ({err}); validation/test overlap checked by session and fingerprint, not by utterance id")
-    memo: dict[str, Any] = {}
-    cache_root = paths.cache_dir(study_dir)
-    for record in records:
-        audit.trials.append(audit_trial(record, cache_root, splits, _memo=memo))
-    return audit
-
-
-def write_audit(study_dir: str | Path, audit: StudyAudit) -> str:
-    """Write ``audit.to_dict()`` to ``<study_dir>/report/audit.json`` atomically; returns where."""
-    target = storage.join(paths.report_dir(study_dir), AUDIT_FILE) if paths.is_remote(study_dir) else Path(paths.report_dir(study_dir)) / AUDIT_FILE
-    text = json.dumps(audit.to_dict(), indent=2, ensure_ascii=False)
-    if isinstance(target, Path):
-        atomic_write_text(target, text)
-    else:
-        storage.write_text(target, text)  # one PUT on an object store: visible all at once or not at all
-    return str(target)
-
-
-def log_audit(run_id: str, audit: TrialAudit, *, uri: str | None = None) -> None:
-    """Put a trial's audit on its MLflow run: tags ``audit`` (clean | shared | leak | unverified),
-    ``audit_shared`` (what a looser protocol shared), ``audit_leaks`` (the leaks, if any),
-    metric ``audit_leak_count`` and artifact ``audit.json``."""
-    client = get_client(uri_of_run(run_id, uri))  # the URI the trial's run was started with
-    tags = {"audit": audit.verdict(), "audit_strict": str(audit.strict).lower()}
-    shared = audit.shared_statements()
-    if shared:
-        tags["audit_shared"] = "; ".join(shared)
-    if audit.leaks:
-        tags["audit_leaks"] = "; ".join(f"fold {fold.test_session} {PHASE_LABELS[f.phase]}: {f.message}" for fold in audit.folds for f in fold.leaks)
-    for name, value in tags.items():
-        with_retries(client.set_tag, run_id, name, value[:_MAX_TAG_CHARS])
-    with_retries(client.log_metric, run_id, "audit_leak_count", float(len(audit.leaks)))
-    with_retries(client.log_text, run_id, json.dumps(audit.to_dict(), indent=2, ensure_ascii=False), AUDIT_FILE)

@@ -1,0 +1,264 @@
+"""The settings of every phase, as validated data that imports no torch.
+
+The study config (:mod:`study.config`) validates a study file's ``phases:`` and
+``resources:`` sections straight into these dataclasses (pydantic dataclasses:
+a wrong value raises at construction, unknown fields are refused), and phase
+code reads them. Nothing here imports torch, Ray or transformers, so that
+reading and checking a study file, and ``ser-study --help``, stay fast.
+
+Presets (:data:`PRESETS`) are the fixed settings a study starts from:
+``hubert`` for HuBERT-base on a GPU, ``smoke`` for the tiny encoder on a CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass as stdlib_dataclass
+from dataclasses import field, replace
+from typing import Literal
+
+import numpy as np
+
+from pydantic import ConfigDict
+from pydantic.dataclasses import dataclass
+
+POOLINGS = ("attention", "average")
+FRAME_HEADS = ("cosine", "linear")
+KMEANS_BACKENDS = ("sklearn", "cuml")
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+class FieldError(ValueError):
+    """A setting out of range: ``field`` (relative to the dataclass checked) and the ``problem``."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+def _check(checks: list[tuple[bool, str, str]]) -> None:
+    """Raise :class:`FieldError` for the first ``(ok, field, problem)`` that is not ok."""
+    for ok, field_name, problem in checks:
+        if not ok:
+            raise FieldError(field_name, problem)
+
+
+@stdlib_dataclass(frozen=True)
+class Candidate:
+    """One point of the search: the method's four searched hyperparameters."""
+
+    layer: int
+    clusters: int
+    mask_ratio: float
+    pooling: str
+
+    def validate(self) -> None:
+        if self.clusters < 2:
+            raise ValueError(f"clusters must be at least 2, got {self.clusters}")
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+
+
+@dataclass(frozen=True, config=_STRICT)
+class TrainConfig:
+    """Optimisation settings of one training phase."""
+
+    epochs: int = 10
+    lr: float = 5e-5  # encoder learning rate: the usual HuBERT fine-tuning rate
+    head_lr: float = 1e-3  # new layers (pooling, heads) start from scratch and learn faster
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1  # linear warm-up over this share of steps, then linear decay
+    max_batch_seconds: float = 160.0  # padded audio per batch and rank: fits HuBERT-base on a 24 GB GPU in bf16
+    max_train_seconds: float | None = 15.0  # random crop of longer training utterances (IEMOCAP has a few > 30 s)
+    grad_clip: float = 1.0
+    patience: int | None = None  # stop after this many epochs without a better selection score; None = run all
+    loader_workers: int = 0  # DataLoader processes; soundfile reads are cheap next to the encoder
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(
+            [
+                (self.epochs >= 1, "epochs", "epochs must be at least 1"),
+                (self.lr > 0 and self.head_lr > 0, "lr", "lr and head_lr must be positive"),
+                (0 <= self.warmup_fraction < 1, "warmup_fraction", "warmup_fraction must be in [0, 1)"),
+                (self.max_batch_seconds > 0, "max_batch_seconds", "max_batch_seconds must be positive"),
+                (self.max_train_seconds is None or self.max_train_seconds > 0.05, "max_train_seconds", "max_train_seconds must be > 0.05 or null"),
+                (self.patience is None or self.patience >= 1, "patience", "patience must be at least 1 or null"),
+                (self.loader_workers >= 0, "loader_workers", "loader_workers must not be negative"),
+            ]
+        )
+
+
+@dataclass(frozen=True, config=_STRICT)
+class ClassifierConfig:
+    """A supervised utterance-classification phase (TAPT or fine-tuning)."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    class_weighting: bool = True  # inverse-frequency class weights: IEMOCAP's hap+exc and neu outnumber the rest
+    dropout: float = 0.1
+    freeze_feature_encoder: bool = True  # the CNN is what SSL learnt best; fine-tuning it rarely helps on 7 h of data
+    eval_max_batch_seconds: float = 320.0  # no gradients at evaluation: twice the training batch fits
+
+    def __post_init__(self) -> None:
+        _check([(0 <= self.dropout < 1, "dropout", "dropout must be in [0, 1)"), (self.eval_max_batch_seconds > 0, "eval_max_batch_seconds", "eval_max_batch_seconds must be positive")])
+
+
+@dataclass(frozen=True, config=_STRICT)
+class CptConfig:
+    """Continued pretraining: masked prediction of frame pseudo labels."""
+
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, lr=5e-5, head_lr=5e-4))
+    head: str = "cosine"  # HuBERT's projection + cosine logits (temperature 0.1), as the reference code
+    span: int = 10  # HuBERT masks spans of 10 frames (200 ms)
+    init: Literal["pretrained", "tapt"] = "pretrained"  # or "tapt": start from the TAPT encoder
+    freeze_feature_encoder: bool = True
+
+    def __post_init__(self) -> None:
+        _check([(self.head in FRAME_HEADS, "head", f"head must be one of {FRAME_HEADS}, got {self.head!r}"), (self.span >= 1, "span", "span must be at least 1")])
+
+
+def is_int(value) -> bool:
+    """An integer (Python or numpy), not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+@stdlib_dataclass(frozen=True)
+class KMeansConfig:
+    """Settings of one k-means fit; ``validate`` checks them."""
+
+    n_clusters: int
+    # k-means cost grows linearly with the fit frames while 200k frames (~1 h of
+    # 50 Hz audio) already pin down 50-150 centroids: fit on a seeded sample.
+    max_fit_frames: int = 200_000
+    n_init: int = 3
+    max_iter: int = 100
+    seed: int = 0
+    backend: str = "sklearn"
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the offending field and its allowed values."""
+        for name, minimum in (("n_clusters", 1), ("max_fit_frames", 1), ("n_init", 1), ("max_iter", 1)):
+            value = getattr(self, name)
+            if not is_int(value) or value < minimum:
+                raise ValueError(f"KMeansConfig.{name} must be an integer >= {minimum}, got {value!r}")
+        if not is_int(self.seed) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"KMeansConfig.seed must be an integer in [0, 2**32), got {self.seed!r}")
+        if self.backend not in KMEANS_BACKENDS:
+            raise ValueError(f"KMeansConfig.backend must be one of {KMEANS_BACKENDS}, got {self.backend!r}")
+        if self.max_fit_frames < self.n_clusters:
+            raise ValueError(
+                f"KMeansConfig.max_fit_frames ({self.max_fit_frames}) must be >= n_clusters "
+                f"({self.n_clusters}): a fit needs at least one frame per cluster"
+            )
+
+
+@dataclass(frozen=True, config=_STRICT)
+class KMeansSettings:
+    """k-means settings fixed per study (K is searched)."""
+
+    backend: str = "sklearn"
+    max_fit_frames: int = 200_000  # about 1.1 h of 20 ms frames: plenty for K <= 150, bounded memory and time
+    n_init: int = 3
+    max_iter: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(
+            [
+                (self.backend in KMEANS_BACKENDS, "backend", f"backend must be one of {KMEANS_BACKENDS}, got {self.backend!r}"),
+                (self.max_fit_frames >= 1, "max_fit_frames", "max_fit_frames must be at least 1"),
+                (self.n_init >= 1, "n_init", "n_init must be at least 1"),
+                (self.max_iter >= 1, "max_iter", "max_iter must be at least 1"),
+                (0 <= self.seed < 2**32, "seed", "seed must be in [0, 2**32)"),
+            ]
+        )
+
+    def for_clusters(self, clusters: int) -> KMeansConfig:
+        """The :class:`KMeansConfig` of one fit with ``clusters`` centroids."""
+        return KMeansConfig(n_clusters=clusters, max_fit_frames=self.max_fit_frames, n_init=self.n_init, max_iter=self.max_iter, seed=self.seed, backend=self.backend)
+
+
+@dataclass(frozen=True, config=_STRICT)
+class PhaseSettings:
+    """Every fixed hyperparameter of the phases."""
+
+    tapt: ClassifierConfig = field(default_factory=ClassifierConfig)
+    embed_max_batch_seconds: float = 320.0
+    kmeans: KMeansSettings = field(default_factory=KMeansSettings)
+    cpt: CptConfig = field(default_factory=CptConfig)
+    finetune: ClassifierConfig = field(default_factory=ClassifierConfig)
+
+    def __post_init__(self) -> None:
+        _check([(self.embed_max_batch_seconds > 0, "embed_max_batch_seconds", "embed_max_batch_seconds must be positive")])
+
+    def with_training(self, **changes) -> "PhaseSettings":
+        """These settings with ``changes`` (e.g. ``epochs``, ``seed``) applied to every training phase's :class:`TrainConfig`."""
+        if not changes:
+            return self
+        retrain = lambda cfg: replace(cfg, train=replace(cfg.train, **changes))  # noqa: E731
+        return replace(self, tapt=retrain(self.tapt), cpt=retrain(self.cpt), finetune=retrain(self.finetune))
+
+
+def hubert_settings() -> PhaseSettings:
+    """HuBERT-base on a GPU (bf16)."""
+    return PhaseSettings()
+
+
+def smoke_settings(epochs: int = 8) -> PhaseSettings:
+    """Settings for the tiny encoder on the generated corpus: minutes on a laptop CPU.
+
+    A randomly initialised tiny encoder needs far higher learning rates than a
+    pretrained HuBERT, and short batches keep a 2-core CPU busy without swapping.
+    """
+    train = TrainConfig(epochs=epochs, lr=1e-3, head_lr=3e-3, max_batch_seconds=40.0, max_train_seconds=6.0, warmup_fraction=0.1)
+    return PhaseSettings(
+        tapt=ClassifierConfig(train=train),
+        embed_max_batch_seconds=80.0,
+        kmeans=KMeansSettings(max_fit_frames=50_000, n_init=2),
+        cpt=CptConfig(train=train),
+        finetune=ClassifierConfig(train=train),
+    )
+
+
+#: The fixed phase settings a study or ``run-fold`` starts from, by name.
+PRESETS = {"hubert": hubert_settings, "smoke": smoke_settings}
+
+
+@dataclass(frozen=True, config=_STRICT)
+class RayResources:
+    """Resources of each phase on the Ray cluster (``resources.train`` of a study, for the Ray executor)."""
+
+    workers: int = 1  # Ray Train workers (DDP ranks) per training phase
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    embed_gpus: float = 0.0  # the embedding pass: one task
+    kmeans_gpus: float = 0.0  # > 0 with the cuML backend
+    max_failures: int = 2  # worker-group restarts per training phase, each resuming from the last epoch
+
+    def __post_init__(self) -> None:
+        _check([(self.workers >= 1, "workers", f"workers must be at least 1, got {self.workers}"), (self.max_failures >= 0, "max_failures", "max_failures must not be negative")])
+        for name in ("gpus_per_worker", "cpus_per_worker", "embed_gpus", "kmeans_gpus"):
+            _check([(getattr(self, name) >= 0, name, f"{name} must not be negative")])
+
+
+@dataclass(frozen=True, config=_STRICT)
+class TinyEncoderConfig:
+    """A HuBERT-shaped encoder small enough to train on a laptop CPU in minutes."""
+
+    hidden_size: int = 64
+    num_layers: int = 4  # enough to choose a middle layer, as the method does with HuBERT's 12
+    num_heads: int = 4
+    intermediate_size: int = 128
+    conv_channels: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(
+            [
+                (self.num_layers >= 1, "num_layers", "num_layers must be at least 1"),
+                (self.hidden_size >= 8 and self.hidden_size % self.num_heads == 0, "hidden_size", f"hidden_size must be at least 8 and a multiple of num_heads ({self.num_heads})"),
+            ]
+        )
