@@ -74,7 +74,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import NamedTuple, Any, Sequence
 
 import torch
 
@@ -88,7 +88,8 @@ from trainables.data.labels import get_label_set
 from trainables.executors import LocalExecutor
 from trainables.config import TinyEncoderConfig
 from trainables.models.encoder import make_tiny_encoder, read_encoder_info
-from trainables.config import Candidate, KMeansSettings, PhaseSettings, smoke_settings
+from trainables.config import KMeansSettings, PhaseSettings, smoke_settings
+from trainables.recipes.registry import get_recipe
 from trainables.data.folds import FoldProtocol
 
 RESULTS = Path(__file__).parent / "results" / "cache_savings.md"
@@ -97,6 +98,15 @@ PAPER = {"layers": (6, 9, 11), "clusters": (50, 100, 150), "poolings": ("attenti
 PAPER_ENCODER_LAYERS = 12
 
 logger = logging.getLogger("bench.cache_savings")
+
+
+class Candidate(NamedTuple):
+    """One point of the alignment grid (hashable: results are keyed by it)."""
+
+    layer: int
+    clusters: int
+    mask_ratio: float
+    pooling: str
 
 
 @dataclass
@@ -155,8 +165,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def candidates(args: argparse.Namespace) -> list[Candidate]:
     grid = [Candidate(layer=l, clusters=k, mask_ratio=args.mask_ratio, pooling=p) for l in args.layers for k in args.clusters for p in args.poolings]
+    recipe = get_recipe("alignment")
     for candidate in grid:
-        candidate.validate()
+        recipe.resolve(candidate._asdict())  # a ValueError names a disallowed value
     return grid
 
 
@@ -179,7 +190,7 @@ def settings_for(args: argparse.Namespace) -> PhaseSettings:
 
 def run_chain(utterances, test_session: int, candidate: Candidate, settings: PhaseSettings, encoder: Path, classes, cache: ArtifactCache,
               embed_layers: Sequence[int] | None) -> FoldResult:
-    return run_fold_chain(utterances, test_session, FoldProtocol(), candidate, settings, str(encoder), classes, cache, LocalExecutor(), embed_layers=embed_layers)
+    return run_fold_chain(utterances, test_session, FoldProtocol(), "alignment", candidate._asdict(), settings, str(encoder), classes, cache, LocalExecutor(), embed_layers=embed_layers)
 
 
 def baseline_sample(args, grid, count: int | None) -> list[tuple[int, Candidate]]:

@@ -56,15 +56,15 @@ from trainables.config import TinyEncoderConfig
 from trainables.models.encoder import make_tiny_encoder
 from trainables.phases.artifacts import read_record
 from trainables.phases.clustering import LABELS_FILE
-from trainables.phases.mfcc_pretrain import pretrain_on_mfcc_clusters
-from trainables.config import Candidate, smoke_settings
+from trainables.phases.acoustic_pretrain import pretrain_on_acoustic_clusters
+from trainables.config import smoke_settings
 from trainables.data.folds import FoldProtocol
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "cpu_threads.md"
 PHASES = ("tapt", "embeddings", "clustering", "cpt", "finetune")
 #: The candidate every run trains: the demo's best configuration (bench/results/demo.md).
-CANDIDATE = Candidate(layer=2, clusters=4, mask_ratio=0.2, pooling="attention")
+CANDIDATE = {"layer": 2, "clusters": 4, "mask_ratio": 0.2, "pooling": "attention"}
 #: The runs per fold: (label, torch threads).
 RUNS = (("1 thread, run 1", 1), ("1 thread, run 2", 1), ("2 threads, run 1", 2), ("2 threads, run 2", 2))
 #: The comparisons reported: the same set-up twice, then 1 vs 2 threads.
@@ -81,7 +81,7 @@ def make_inputs(workdir: Path, utterances_per_session: int, pretrain_epochs: int
     initial = make_tiny_encoder(workdir / "initial", TinyEncoderConfig())
     settings = smoke_settings(epochs=pretrain_epochs)
     encoder = workdir / "encoder"
-    pretrain_on_mfcc_clusters(initial, utterances, encoder, replace(settings.cpt, train=replace(settings.cpt.train, seed=0)))
+    pretrain_on_acoustic_clusters(initial, utterances, encoder, replace(settings.cpt, train=replace(settings.cpt.train, seed=0)))
     return utterances, encoder
 
 
@@ -107,7 +107,7 @@ def run_fold(utterances: list, encoder: Path, fold: int, threads: int, cache: Pa
     classes = get_label_set("4class").classes
     started = time.perf_counter()
     artifacts = ArtifactCache(cache)
-    result = run_fold_chain(utterances, fold, FoldProtocol(), CANDIDATE, smoke_settings(epochs=epochs), str(encoder), classes, artifacts, LocalExecutor())
+    result = run_fold_chain(utterances, fold, FoldProtocol(), "alignment", CANDIDATE, smoke_settings(epochs=epochs), str(encoder), classes, artifacts, LocalExecutor())
     labels = np.load(artifacts.path("clustering", result.artifacts["clustering"]) / LABELS_FILE)
     return {"seconds": time.perf_counter() - started, "val": result.val, "test": result.test, "hashes": file_hashes(artifacts, result), "labels": labels}
 
@@ -130,7 +130,7 @@ def render(args: argparse.Namespace, runs: dict[int, dict[str, dict]], compariso
         f"- command: `{command}`",
         f"- corpus: generated, {args.utterances_per_session} utterances per session; encoder: tiny HuBERT (`TinyEncoderConfig()`) "
         f"pretrained {args.pretrain_epochs} epochs on MFCC clusters; phases `smoke_settings(epochs={args.epochs})`; "
-        f"candidate layer {CANDIDATE.layer}, K {CANDIDATE.clusters}, mask {CANDIDATE.mask_ratio}, {CANDIDATE.pooling} pooling; strict protocol",
+        f"candidate layer {CANDIDATE['layer']}, K {CANDIDATE['clusters']}, mask {CANDIDATE['mask_ratio']}, {CANDIDATE['pooling']} pooling; strict protocol",
         "",
         "## Runs",
         "",

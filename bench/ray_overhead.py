@@ -199,9 +199,9 @@ def main() -> None:
             for label, executor in (("local", local), ("ray task", remote)):
                 emb = work / "artifacts" / f"emb-{repeat}-{label.replace(' ', '')}"
                 t0 = time.time()
-                executor.embed(emb, **emb_kwargs)
+                executor.task("embeddings", emb, **emb_kwargs)
                 t1 = time.time()
-                executor.cluster(work / "artifacts" / f"km-{repeat}-{label.replace(' ', '')}", embeddings=emb, layer=4, cfg=km_cfg)
+                executor.task("clustering", work / "artifacts" / f"km-{repeat}-{label.replace(' ', '')}", embeddings=emb, layer=4, cfg=km_cfg)
                 t2 = time.time()
                 tasks += [("embeddings", label, t1 - t0), ("k-means", label, t2 - t1)]
         ray.shutdown()

@@ -155,7 +155,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     study_dir = workdir / "study"
     overrides = [
         "name=soak", f"data.manifest={manifest}", f"encoder={encoder}", f"storage.study_dir={study_dir}", "folds=[1, 2]",
-        "phases.epochs=1", "phases.kmeans.max_fit_frames=5000",
+        "phases.epochs=1", "phases.kmeans.max_fit_frames=5000", "baselines=[]",
         "search.space.layer={choice: [2]}", "search.space.clusters={choice: [4]}", "search.space.pooling={choice: [attention]}",
         "search.algorithm=tpe", f"search.num_trials={args.trials}", f"search.max_concurrent={args.max_concurrent}",
     ]

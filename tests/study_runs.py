@@ -43,6 +43,7 @@ def study_args(manifest: Path, encoder: Path, study_dir: Path, *extra: str) -> l
         "phases.epochs=1",
         "phases.kmeans.max_fit_frames=5000",
         "search.space.layer={choice: [2]}",
+        "baselines=[]",  # the study-level tests are about the search; tests/test_study_e2e.py runs the baselines
         *extra,
     ]
     return ["run", str(SMOKE), "--study-dir", str(study_dir)] + [item for s in sets for item in ("--set", s)]

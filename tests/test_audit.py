@@ -13,21 +13,22 @@ import pytest
 from study.audit.checks import audit_fold, audit_trial
 from study.audit.findings import ENCODER, LEAK, OK, SHARED, SPLIT, UNVERIFIED
 from study.audit.study import audit_study
-from trainables.phases.artifacts import PHASES
+#: The phases of an alignment fold, in chain order.
+PHASES = ("tapt", "embeddings", "clustering", "cpt", "finetune")
 from study.cache.store import ArtifactCache
 from study.cache.chain import run_fold_chain
 from study.cli import main
 from trainables.data.folds import Fold, Split, Validation, build_fold
 from trainables.data.manifest import fingerprint
 from trainables.executors import LocalExecutor
-from trainables.config import Candidate, smoke_settings
+from trainables.config import smoke_settings
 from trainables.data.folds import FoldProtocol
 from trainables.phases.tapt import run_tapt
 from trainables.runtime import LocalRuntime
 
 CLASSES = ("neu", "hap", "ang", "sad")
 TEST_SESSION = 1
-CANDIDATE = Candidate(layer=2, clusters=4, mask_ratio=0.2, pooling="average")
+CANDIDATE = {"layer": 2, "clusters": 4, "mask_ratio": 0.2, "pooling": "average"}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def study(tmp_path_factory, small_utterances, tiny_encoder, settings):
     cache = ArtifactCache(study_dir / "cache")
     folds = {}
     for name, protocol in (("strict", FoldProtocol()), ("shared", FoldProtocol(unsupervised_audio="train+test"))):
-        result = run_fold_chain(small_utterances, TEST_SESSION, protocol, CANDIDATE, settings, str(tiny_encoder), CLASSES, cache, LocalExecutor())
+        result = run_fold_chain(small_utterances, TEST_SESSION, protocol, "alignment", CANDIDATE, settings, str(tiny_encoder), CLASSES, cache, LocalExecutor())
         folds[name] = json.loads(json.dumps(result.to_dict()))  # as read back from the trial record
         (study_dir / "trials").mkdir(exist_ok=True)
         (study_dir / "trials" / f"trial-{name}.json").write_text(json.dumps(_trial_record(f"trial-{name}", protocol, [folds[name]])))
@@ -170,6 +171,11 @@ def test_validation_on_a_test_session_speaker_is_shared_only_when_the_protocol_s
         _edit(cache_root, fold, phase, lambda r: r["used"]["selected_on"].update(sessions=[TEST_SESSION]))
     assert {(f.phase, f.role) for f in audit_fold(fold, cache_root).leaks} == {("tapt", "selected_on"), ("finetune", "selected_on")}
     fold["fold"]["validation"] = Validation.TEST_SESSION_SPEAKER.value
+    # Validation from the test session is test-session audio: the unsupervised phases saw the training utterances alone.
+    train = {"fingerprint": fold["fold"]["train_fingerprint"], "count": fold["fold"]["train"]}
+    fold["fold"]["unsupervised_fingerprint"] = train["fingerprint"]
+    for phase, role in (("embeddings", "embedded"), ("clustering", "fit_on"), ("cpt", "trained_on")):
+        _edit(cache_root, fold, phase, lambda r, role=role: r["used"][role].update(train))
     audit = audit_fold(fold, cache_root)
     assert audit.clean and not audit.strict
     assert audit.shared_statements() == ["a test-session speaker's labelled utterances as validation (early stopping, model selection) in TAPT, fine-tuning"]
@@ -246,7 +252,7 @@ def test_a_study_with_its_manifest_is_audited_by_utterance_id(study, small_manif
     audit = audit_study(with_yaml)
     assert audit.clean and not audit.notes and len(audit.trials) == 2
     for trial in audit.trials:
-        assert any(f.phase == SPLIT and "validation (6 utterances) and test (15) share no utterance id" in f.message for f in trial.folds[0].findings)
+        assert any(f.phase == SPLIT and "validation (7 utterances) and test (15) share no utterance id" in f.message for f in trial.folds[0].findings)
     # A protocol that no longer gives the recorded split (another seed) cannot be checked by id: said, not passed.
     (with_yaml / "study.yaml").write_text(load_study(shipped_studies()["smoke"], [f"data.manifest={small_manifest}", f"encoder={tiny_encoder}", "protocol.seed=5"]).to_yaml())
     audit = audit_study(with_yaml)

@@ -214,6 +214,10 @@ CASES = [
     Case("study-layer-beyond-depth", lambda env: study(env, "search.space.layer={choice: [2, 9]}"), ("search.space.layer", "9", "3 transformer layers"), ("study",)),
     Case("study-more-clusters-than-frames", lambda env: study(env, "search.space.clusters={choice: [4, 40000]}"), ("search.space.clusters", "K=40000", "frames k-means sees", "lower K"), ("study",)),
     Case("study-empty-fold", lambda env: study(env, "folds=[1, 7]"), ("folds", "[7]", "no utterances"), ("study",)),
+    Case("study-unknown-method", lambda env: study(env, "search.space.method={choice: [alignment, gmp]}"), ("search.space.method", "'gmp'", "known methods", "alignment"), ("study",)),
+    Case("study-unknown-baseline", lambda env: study(env, "baselines=[tapt, hubert]"), ("baselines", "'hubert'", "finetune, tapt, egemaps"), ("study",)),
+    Case("study-parameter-the-method-lacks", lambda env: study(env, "search.space.finetune={layer: 2}"), ("search.space.finetune.layer", "finetune has no parameter 'layer'", "pooling"), ("study",)),
+    Case("study-no-seeds", lambda env: study(env, "study.seeds=[]"), ("study.seeds", "at least 1"), ("study",)),
     Case("study-one-session-manifest", _manifest_one_session, ("data.manifest", "one.csv", "at least two"), ("study",)),
     Case("study-missing-manifest", _missing_manifest, ("data.manifest", "missing.csv"), ("study",)),
     Case("study-manifest-not-a-manifest", _manifest_not_a_manifest, ("data.manifest", "notes.csv"), ("study",)),
@@ -256,7 +260,7 @@ def no_expensive_work(monkeypatch):
 
     import study.cache.chain
     import study.tune.runner
-    import trainables.phases.mfcc_pretrain
+    import trainables.phases.acoustic_pretrain
 
     def refuse(what):
         def fail(*_args, **_kwargs):
@@ -267,7 +271,7 @@ def no_expensive_work(monkeypatch):
     monkeypatch.setattr(study.tune.runner, "connect_ray", refuse("connect_ray"))
     # The commands import these when they run: patched where they are defined.
     monkeypatch.setattr(study.cache.chain, "run_fold_chain", refuse("run_fold_chain"))
-    monkeypatch.setattr(trainables.phases.mfcc_pretrain, "pretrain_on_mfcc_clusters", refuse("pretrain_on_mfcc_clusters"))
+    monkeypatch.setattr(trainables.phases.acoustic_pretrain, "pretrain_on_acoustic_clusters", refuse("pretrain_on_acoustic_clusters"))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from trainables.models.encoder import EncoderError, encoder_fingerprint, load_encoder, read_encoder_info
+from trainables.models.encoder import EncoderError, load_encoder, read_encoder_info
+from trainables.phases.artifacts import encoder_fingerprint
 from trainables.models.masking import achieved_ratio, span_mask
 from trainables.models.pooling import AttentionPooling, AveragePooling, make_pooling
-from trainables.phases.mfcc_pretrain import mfcc_features
+from trainables.phases.acoustic_pretrain import mfcc_features
 
 
 def test_tiny_encoder_loads_through_the_hf_path(tiny_encoder):
@@ -105,3 +106,58 @@ def test_span_mask_uses_spans_and_rejects_bad_ratio():
     for bad in (0.0, 1.0, -0.1, 1.5):
         with pytest.raises(ValueError, match="mask_ratio must be in"):
             span_mask(torch.tensor([100]), 100, bad, rng)
+
+
+@pytest.fixture(scope="module")
+def group_norm_encoder(tmp_path_factory):
+    from trainables.config import TinyEncoderConfig
+    from trainables.models.encoder import make_tiny_encoder
+
+    return make_tiny_encoder(tmp_path_factory.mktemp("gn") / "enc", TinyEncoderConfig(hidden_size=32, num_layers=2, intermediate_size=64, feat_extract_norm="group"))
+
+
+def test_a_group_norm_encoder_gives_padded_utterances_other_features(group_norm_encoder):
+    """Why inference encodes such an encoder's utterances one at a time: zero padding shifts every channel's statistics."""
+    encoder = load_encoder(group_norm_encoder).eval()
+    assert encoder.info.group_norm
+    short, long = torch.randn(1, 8000), torch.randn(1, 16000)
+    with torch.no_grad():
+        alone = encoder(short, torch.ones_like(short, dtype=torch.long)).last_hidden[0]
+        batch = torch.zeros(2, 16000)
+        batch[0, :8000], batch[1] = short[0], long[0]
+        mask = torch.zeros(2, 16000, dtype=torch.long)
+        mask[0, :8000], mask[1] = 1, 1
+        padded = encoder(batch, mask).last_hidden[0, : alone.shape[0]]
+    assert (padded - alone).abs().max() > 1e-3
+
+
+def test_embedding_an_utterance_alone_or_in_a_batch_gives_the_same_frames(group_norm_encoder, small_utterances, tmp_path):
+    from trainables.phases.embeddings import load_layer, read_index, run_embeddings
+    from trainables.runtime import LocalRuntime
+
+    utterances = sorted(small_utterances[:6], key=lambda u: u.duration_s)  # different lengths, one batch by the budget
+    run_embeddings(group_norm_encoder, utterances, [2], tmp_path / "batch", LocalRuntime(), max_batch_seconds=1000.0)
+    run_embeddings(group_norm_encoder, utterances[:1], [2], tmp_path / "alone", LocalRuntime(), max_batch_seconds=1000.0)
+    _, offsets = read_index(tmp_path / "batch")
+    in_batch = np.asarray(load_layer(tmp_path / "batch", 2)[: offsets[1]], dtype=np.float32)
+    alone = np.asarray(load_layer(tmp_path / "alone", 2), dtype=np.float32)
+    assert in_batch.shape == alone.shape and np.abs(in_batch - alone).max() < 1e-4
+
+
+def test_the_audio_settings_are_the_feature_extractors(tiny_encoder, tmp_path):
+    import json
+    import shutil
+
+    assert (tiny_encoder / "preprocessor_config.json").is_file()  # saved with the encoder, for AutoFeatureExtractor
+    copy = tmp_path / "enc"
+    shutil.copytree(tiny_encoder, copy)
+    config = json.loads((copy / "preprocessor_config.json").read_text())
+    (copy / "preprocessor_config.json").write_text(json.dumps({**config, "do_normalize": True, "sampling_rate": 16000}))
+    assert read_encoder_info(copy).normalize is True and read_encoder_info(tiny_encoder).normalize is False
+
+
+def test_freezing_the_cnn_builds_no_graph_through_it(tiny_encoder):
+    encoder = load_encoder(tiny_encoder).train()
+    waveforms = torch.randn(2, 8000)
+    features = encoder.model.feature_extractor(waveforms)
+    assert not features.requires_grad  # HF's freezing: not only the parameters, the input needs no gradient either

@@ -23,8 +23,9 @@ from trainables.phases.classifier import load_classifier
 from trainables.phases.clustering import load_pseudo_labels, run_clustering
 from trainables.phases.cpt import PseudoLabelError, run_cpt
 from trainables.phases.embeddings import load_layer, read_index, run_embeddings
-from trainables.phases.finetune import PREDICTIONS_FILE, read_metrics, run_finetune
-from trainables.config import Candidate, smoke_settings
+from trainables.phases.evaluation import PREDICTIONS_FILE, read_metrics
+from trainables.phases.finetune import run_finetune
+from trainables.config import smoke_settings
 from trainables.data.folds import FoldProtocol
 from trainables.phases.tapt import run_tapt
 from trainables.runtime import LocalRuntime
@@ -134,14 +135,14 @@ def test_finetune_scores_the_test_session_and_saves_predictions(chain, fold):
 
 def test_the_chain_reuses_every_cached_phase(small_utterances, tiny_encoder, settings, tmp_path):
     cache = ArtifactCache(tmp_path / "cache")
-    candidate = Candidate(layer=2, clusters=4, mask_ratio=0.2, pooling="average")
-    run = lambda c: run_fold_chain(small_utterances, 2, FoldProtocol(), c, settings, str(tiny_encoder), CLASSES, cache, LocalExecutor())  # noqa: E731
+    candidate = {"layer": 2, "clusters": 4, "mask_ratio": 0.2, "pooling": "average"}
+    run = lambda c: run_fold_chain(small_utterances, 2, FoldProtocol(), "alignment", c, settings, str(tiny_encoder), CLASSES, cache, LocalExecutor())  # noqa: E731
     first = run(candidate)
     assert first.built == ["tapt", "embeddings", "clustering", "cpt", "finetune"]
     assert first.fold["test_session"] == 2 and first.fold["strict"] is True
     again = run(candidate)
     assert again.built == [] and again.test == first.test
-    other_pooling = run(replace(candidate, pooling="attention"))
+    other_pooling = run({**candidate, "pooling": "attention"})
     assert other_pooling.built == ["finetune"] and other_pooling.artifacts["cpt"] == first.artifacts["cpt"]
     assert set(first.history) == {"tapt", "cpt", "finetune"} and len(first.history["tapt"]) == 2
     built = [e for e in cache.events() if e["event"] == "built"]
@@ -252,4 +253,39 @@ def test_a_phase_rebuilt_after_other_work_gives_the_same_model(small_utterances,
     timing = ("train_seconds", "train_audio_s_per_s")
     assert {k: v for k, v in first.items() if k not in timing} == {k: v for k, v in second.items() if k not in timing}
     weights = [load_encoder(encoder_dir(tmp_path / name)).state_dict() for name in ("a", "b")]
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert [k for k in weights[0] if not torch.equal(weights[0][k], weights[1][k])] == []
+
+
+def test_tapt_pretrains_on_the_pretrained_encoders_clusters_before_its_labels(small_utterances, tiny_encoder, settings, tmp_path):
+    """The paper's TAPT: masked prediction of k-means targets of the pretrained encoder's layer, then fine-tuning on the labels."""
+    from study.audit.checks import audit_fold
+    from trainables.phases.artifacts import encoder_fingerprint
+
+    masked = replace(settings, tapt=replace(settings.tapt, pretrain="masked", pretrain_layer=1, pretrain_clusters=4, pretrain_mask_ratio=0.4))
+    cache = ArtifactCache(tmp_path / "cache")
+    result = run_fold_chain(small_utterances, 2, FoldProtocol(), "tapt", {}, masked, str(tiny_encoder), CLASSES, cache, LocalExecutor())
+    assert result.built == ["embeddings@tapt", "clustering@tapt", "cpt@tapt", "tapt", "score"]
+    assert result.links["tapt"] == ["cpt@tapt"] and result.links["cpt@tapt"] == ["clustering@tapt"]
+    path = lambda step: cache.path(result.phases[step], result.artifacts[step])  # noqa: E731
+    embedded = read_record(path("embeddings@tapt"))
+    assert embedded["upstream"]["encoder"] == str(tiny_encoder) and embedded["params"]["layers"] == [1]  # the pretrained encoder's own layer
+    pretrain = read_record(path("cpt@tapt"))
+    assert pretrain["params"]["mask_ratio"] == 0.4 and pretrain["params"]["label_sets"] == {"k4": 4}
+    assert pretrain["upstream"]["init_fingerprint"] == encoder_fingerprint(tiny_encoder)
+    assert pretrain["results"]["final"]["train_mask_ratio"] == pytest.approx(0.4, abs=0.03) and "train_k4_accuracy" in pretrain["results"]["final"]
+    assert read_record(path("tapt"))["upstream"]["encoder"] == str(encoder_dir(path("cpt@tapt")))  # fine-tuned from the pretrained-on-the-task encoder
+    audit = audit_fold(result.to_dict(), tmp_path / "cache")
+    assert audit.strict and not audit.unverified
+
+
+def test_under_the_published_validation_the_test_sessions_speaker_stays_out_of_the_unsupervised_phases(small_utterances, tiny_encoder, settings, tmp_path):
+    from study.audit.checks import audit_fold
+    from trainables.data.folds import Validation
+
+    protocol = FoldProtocol(validation=Validation.TEST_SESSION_SPEAKER, unsupervised_audio="train")
+    result = run_fold_chain(small_utterances, 2, protocol, "alignment", {"layer": 2, "clusters": 4, "mask_ratio": 0.2, "pooling": "average"},
+                            settings, str(tiny_encoder), CLASSES, ArtifactCache(tmp_path / "cache"), LocalExecutor())
+    embedded = read_record(ArtifactCache(tmp_path / "cache").path("embeddings", result.artifacts["embeddings"]))
+    assert 2 not in embedded["used"]["embedded"]["sessions"]  # the validating speaker of session 2 is test-session audio
+    audit = audit_fold(result.to_dict(), tmp_path / "cache")
+    assert audit.clean and not audit.strict and not audit.leaks  # clean; not strict because validation is in the test session

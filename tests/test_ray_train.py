@@ -164,8 +164,8 @@ def test_ray_tasks_build_the_same_embeddings_and_clusters_as_local(ray_cluster, 
     layers = [1, 3]
     local, remote = LocalExecutor(), RayExecutor(RayResources(), storage=tmp_path / "ray")
 
-    local.embed(tmp_path / "emb-local", encoder_path=Path(tiny_encoder), utterances=utterances, layers=layers, max_batch_seconds=20.0)
-    remote.embed(tmp_path / "emb-ray", encoder_path=Path(tiny_encoder), utterances=utterances, layers=layers, max_batch_seconds=20.0)
+    local.task("embeddings", tmp_path / "emb-local", encoder_path=Path(tiny_encoder), utterances=utterances, layers=layers, max_batch_seconds=20.0)
+    remote.task("embeddings", tmp_path / "emb-ray", encoder_path=Path(tiny_encoder), utterances=utterances, layers=layers, max_batch_seconds=20.0)
     assert not checkpoint_dir_for(tmp_path / "emb-local").exists()
     a, b = tmp_path / "emb-local", tmp_path / "emb-ray"
     assert json.loads((a / INDEX_FILE).read_text()) == json.loads((b / INDEX_FILE).read_text())
@@ -180,8 +180,8 @@ def test_ray_tasks_build_the_same_embeddings_and_clusters_as_local(ray_cluster, 
     assert ra["results"]["total_frames"] == rb["results"]["total_frames"]
 
     cfg = KMeansConfig(n_clusters=4, max_fit_frames=2_000, n_init=1, max_iter=20)
-    local.cluster(tmp_path / "km-local", embeddings=a, layer=3, cfg=cfg)
-    results = remote.cluster(tmp_path / "km-ray", embeddings=a, layer=3, cfg=cfg)
+    local.task("clustering", tmp_path / "km-local", embeddings=a, layer=3, cfg=cfg)
+    results = remote.task("clustering", tmp_path / "km-ray", embeddings=a, layer=3, cfg=cfg)
     c, d = tmp_path / "km-local", tmp_path / "km-ray"
     assert sorted(p.name for p in c.iterdir()) == sorted(p.name for p in d.iterdir()) == sorted([CENTROIDS_FILE, INDEX_FILE, LABELS_FILE, RECORD_FILE])
     np.testing.assert_array_equal(np.load(c / LABELS_FILE), np.load(d / LABELS_FILE))

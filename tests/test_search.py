@@ -59,7 +59,7 @@ def test_space_of_the_tpe_study():
     space = optuna_space(config("tpe"))
     assert space["layer"] == IntDistribution(1, 12)
     assert space["clusters"] == IntDistribution(20, 300, log=True)
-    assert space["mask_ratio"] == FloatDistribution(0.05, 0.5)
+    assert space["mask_ratio"] == FloatDistribution(0.05, 0.8)
     assert isinstance(make_sampler(config("tpe")), TPESampler)
 
 
@@ -69,7 +69,7 @@ def test_search_alg_suggests_candidates_of_the_space():
     assert alg.searcher.metric == "val_ua_mean" and alg.searcher.mode == "max"
     for index in range(3):
         params = alg.suggest(f"t{index}")
-        assert set(params) == {"layer", "clusters", "mask_ratio", "pooling"}
+        assert set(params) == {"method", "layer", "clusters", "mask_ratio", "pooling"} and params["method"] == "alignment"
         assert params["layer"] in (1, 2) and params["clusters"] in (4, 8) and params["mask_ratio"] == 0.2
         assert params["pooling"] in ("attention", "average")
     assert alg.suggest("t3") is None  # max_concurrent reached
@@ -154,7 +154,7 @@ def test_tpe_keeps_sampling_with_pruned_and_failed_trials():
     alg = make_search_alg(config("tpe", "search.startup_trials=2", "search.max_concurrent=1"))
     for index in range(8):
         params = alg.suggest(f"t{index}")
-        assert 1 <= params["layer"] <= 12 and 20 <= params["clusters"] <= 300 and 0.05 <= params["mask_ratio"] <= 0.5
+        assert 1 <= params["layer"] <= 12 and 20 <= params["clusters"] <= 300 and 0.05 <= params["mask_ratio"] <= 0.8
         if index % 3 == 0:
             alg.on_trial_complete(f"t{index}", partial(0.3 + index / 100, 2, 5))
         elif index % 3 == 1:

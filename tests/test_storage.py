@@ -286,18 +286,18 @@ def test_a_fold_chain_on_a_remote_cache_is_reused_by_another_node(small_utteranc
     """Real phases: node b finds every phase of node a's chain, downloads them and gets the same scores."""
     from study.cache.chain import run_fold_chain
     from trainables.executors import LocalExecutor
-    from trainables.config import Candidate, smoke_settings
+    from trainables.config import smoke_settings
     from trainables.data.folds import FoldProtocol
 
     base = smoke_settings(epochs=1)
     settings = replace(base, kmeans=replace(base.kmeans, max_fit_frames=5000, n_init=1))
     root = uri(tmp_path / "bucket" / "cache")
-    candidate = Candidate(layer=2, clusters=4, mask_ratio=0.2, pooling="average")
+    candidate = {"layer": 2, "clusters": 4, "mask_ratio": 0.2, "pooling": "average"}
     classes = ("neu", "hap", "ang", "sad")
 
     def run(node: str):
         cache = ArtifactCache(root, local_dir=tmp_path / node)
-        return run_fold_chain(small_utterances, 2, FoldProtocol(), candidate, settings, str(tiny_encoder), classes, cache, LocalExecutor())
+        return run_fold_chain(small_utterances, 2, FoldProtocol(), "alignment", candidate, settings, str(tiny_encoder), classes, cache, LocalExecutor())
 
     first = run("node_a")
     assert first.built == ["tapt", "embeddings", "clustering", "cpt", "finetune"]

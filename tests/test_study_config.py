@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from study.config.space import Choice, FloatRange, IntRange
 from study.config.study import StudyConfig
 from study.errors import UserError
 from trainables.data.folds import Validation
-from trainables.config import KMeansSettings, PhaseSettings, smoke_settings
+from trainables.config import KMeansSettings, PhaseSettings, hubert_settings, smoke_settings
 from trainables.data.folds import FoldProtocol
 from trainables.config import RayResources
 
@@ -68,12 +69,12 @@ def test_paper_grid_file():
     config = load_study(SHIPPED["paper_grid"])
     assert config.search.algorithm == "grid" and config.search.num_trials is None
     assert config.num_trials() == 18 == config.search.space.grid_size()
-    assert config.search.space.grid() == {"layer": [6, 9, 11], "clusters": [50, 100, 150], "mask_ratio": [0.2], "pooling": ["attention", "average"]}
+    assert config.search.space.grid("alignment") == {"layer": [6, 9, 11], "clusters": [50, 100, 150], "mask_ratio": [0.2], "pooling": ["attention", "average"]}
     assert config.encoder == "facebook/hubert-base-ls960" and config.folds == "all"
     assert config.phase_settings().kmeans.backend == "cuml"
     resources = config.ray_resources()
     assert config.resources.executor == "ray" and resources.gpus_per_worker == 1 and resources.kmeans_gpus == 1
-    assert config.phase_settings() == PhaseSettings(kmeans=KMeansSettings(backend="cuml"))
+    assert config.phase_settings() == replace(hubert_settings(), kmeans=KMeansSettings(backend="cuml"))
 
 
 def test_tpe_file():
@@ -81,9 +82,9 @@ def test_tpe_file():
     space = config.search.space
     assert isinstance(space.layer, IntRange) and space.layer.bounds == (1, 12)
     assert isinstance(space.clusters, IntRange) and space.clusters.log
-    assert isinstance(space.mask_ratio, FloatRange) and space.mask_ratio.bounds == (0.05, 0.5)
+    assert isinstance(space.mask_ratio, FloatRange) and space.mask_ratio.bounds == (0.05, 0.8)
     assert config.num_trials() == 60 and config.search.early_stopping == "median"
-    assert space.grid() is None and space.grid_size() is None
+    assert space.grid("alignment") is None and space.grid_size() is None
     assert config.embedding_layers() == list(range(1, 13))
 
 
@@ -158,6 +159,35 @@ def test_defaults_of_a_minimal_file(tmp_path, monkeypatch):
     assert config.search.space.grid_size() == 1
 
 
+def test_a_parameter_left_out_takes_its_methods_default():
+    raw = smoke_raw()
+    raw["search"]["space"].pop("pooling")
+    config = parse_raw(raw)
+    assert config.search.space.method_params("alignment")["pooling"] == "attention"  # alignment's default
+    assert config.search.space.grid_size() == 4  # layer x clusters; pooling fixed
+
+
+def test_methods_sample_only_their_own_parameters():
+    config = load_study(SHIPPED["smoke"], ["search.space.method={choice: [alignment, finetune]}", "search.algorithm=grid", "search.num_trials=null"])
+    space = config.search.space
+    assert space.methods() == ["alignment", "finetune"]
+    assert space.method_params("finetune") == {"pooling": space.pooling}  # layer, clusters and mask_ratio are alignment's
+    assert config.num_trials() == space.grid_size() == 8 + 2  # the sum of the methods' grids, not their product
+    finetune = [c for c in space.candidates() if c["method"] == "finetune"]
+    assert finetune == [{"method": "finetune", "pooling": "attention"}, {"method": "finetune", "pooling": "average"}]  # no duplicate per layer or K
+    restricted = load_study(SHIPPED["smoke"], ["search.space.method=finetune", "search.algorithm=grid", "search.num_trials=null"])
+    assert restricted.search.space.methods() == ["finetune"] and restricted.num_trials() == 2  # --set restricts the study to one method
+    assert restricted.search.space.ignored() == ["layer", "clusters", "mask_ratio"]  # alignment's, set aside with a warning
+    own = load_study(SHIPPED["smoke"], ["search.space.method={choice: [alignment, finetune]}", "search.space.finetune={pooling: average}"])
+    assert own.search.space.method_params("finetune") == {"pooling": "average"} and own.search.space.method_params("alignment")["pooling"] == own.search.space.pooling
+    assert parse_study(own.to_yaml()).search.space.method_params("finetune") == {"pooling": "average"}  # the resolved file keeps the section
+
+
+def test_baselines_and_seeds_are_read_and_checked():
+    config = load_study(SHIPPED["smoke"], ["study.seeds=[0, 1, 2]"])
+    assert config.baselines == ["finetune", "tapt", "egemaps"] and config.study.seeds == [0, 1, 2]
+
+
 def test_object_storage_study_dir_with_mlflow_server():
     config = load_study(SHIPPED["paper_grid"], ["storage.study_dir=s3://bucket/studies/grid/", "storage.mlflow_uri=http://127.0.0.1:5000"])
     assert config.storage.study_dir == "s3://bucket/studies/grid" and config.storage.is_remote
@@ -213,7 +243,6 @@ BAD_FILES = {
     "negative layer": (_edit("search.space.layer", {"choice": [-1, 2]}), ["search.space.layer", "-1", ">= 0"]),
     "bare list": (_edit("search.space.layer", [1, 2]), ["search.space.layer", "{choice: [1, 2]}"]),
     "range for pooling": (_edit("search.space.pooling", {"int": [1, 2]}), ["search.space.pooling", "not allowed", "{choice: [...]}"]),
-    "missing parameter": (lambda raw: raw["search"]["space"].pop("pooling"), ["search.space.pooling", "required"]),
     "tpe without num_trials": (lambda raw: raw["search"].pop("num_trials"), ["search.num_trials", "required with algorithm tpe"]),
     "grid with float range": (
         lambda raw: raw["search"].update(algorithm="grid", num_trials=None, space={**raw["search"]["space"], "mask_ratio": {"float": [0.1, 0.3]}}),
@@ -230,6 +259,12 @@ BAD_FILES = {
     "s3 without mlflow_uri": (_edit("storage.study_dir", "s3://bucket/studies/smoke"), ["storage.mlflow_uri", "s3://bucket/studies/smoke", "required"]),
     "bad folds": (_edit("folds", [0, 2]), ["folds", "[0]", "session"]),
     "unknown objective": (_edit("objective.metric", "val_acc"), ["objective.metric", "val_ua_mean", "test_wa_mean"]),
+    "unknown method": (_edit("search.space.method", "alignmnet"), ["search.space.method", "unknown method 'alignmnet'", "alignment, egemaps, finetune, tapt"]),
+    "parameter of no method": (_edit("search.space.clustres", 8), ["search.space.clustres", "no method has such a parameter", "clusters, layer, mask_ratio, pooling", "did you mean 'clusters'"]),
+    "parameter the method lacks": (_edit("search.space.finetune", {"layer": 2}), ["search.space.finetune.layer", "method finetune has no parameter 'layer'", "its parameters: pooling"]),
+    "section value of the wrong form": (_edit("search.space.alignment", {"clusters": {"choice": []}}), ["search.space.alignment.clusters.choice", "at least 1 item"]),
+    "unknown baseline": (_edit("baselines", ["finetune", "wav2vec"]), ["baselines", "'wav2vec'", "finetune, tapt, egemaps"]),
+    "no seeds": (_edit("study", {"seeds": []}), ["study.seeds", "at least 1"]),
     "bad phase value": (_edit("phases.tapt", {"train": {"epochs": 0}}), ["phases.tapt.train", "epochs must be at least 1"]),
     "unknown phase field": (_edit("phases.cpt", {"spna": 3}), ["phases.cpt.spna", "unknown field", "span"]),
     "unknown preset": (_edit("phases.preset", "large"), ["phases.preset", "'hubert' or 'smoke'"]),

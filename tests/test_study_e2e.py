@@ -13,7 +13,7 @@ import pytest
 
 from study.io import layout
 from study.cli import main
-from study.io.records import read_trial_records
+from study.io.records import read_baseline_records, read_trial_records
 from study_runs import built_phases, cli, study_args
 
 
@@ -22,7 +22,7 @@ def test_a_study_shares_phases_between_trials_and_lands_in_mlflow(small_manifest
     # Two trials differing only in pooling, run at the same time: they share TAPT, embeddings, k-means and CPT.
     shared_cache = tmp_path / "shared-cache"  # also used by a later study, below
     args = study_args(small_manifest, tiny_encoder, study_dir, "search.space.clusters={choice: [4]}", "search.algorithm=grid",
-                      "search.num_trials=2", "search.max_concurrent=2", f"storage.cache_dir={shared_cache}")
+                      "search.num_trials=2", "search.max_concurrent=2", f"storage.cache_dir={shared_cache}", "baselines=[finetune, tapt, egemaps]")
     done = subprocess.run(cli(*args), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Study report" in done.stdout and "ser-study ui" in done.stdout
@@ -30,8 +30,14 @@ def test_a_study_shares_phases_between_trials_and_lands_in_mlflow(small_manifest
     records = read_trial_records(study_dir)
     assert [r["status"] for r in records] == ["complete", "complete"]
     assert sorted(r["params"]["pooling"] for r in records) == ["attention", "average"]
-    # One TAPT per fold for both trials (counted from the cache's build log), one fine-tuning per trial and fold.
-    assert built_phases(study_dir) == {"tapt": 2, "embeddings": 2, "clustering": 2, "cpt": 2, "finetune": 4}
+    # One TAPT per fold for both trials and the tapt baseline (counted from the cache's build log), one fine-tuning
+    # per trial and fold plus the vanilla fine-tuning baseline's, one set of eGeMAPS features for both folds.
+    built = {"tapt": 2, "embeddings": 2, "clustering": 2, "cpt": 2, "finetune": 6, "score": 2, "egemaps_features": 1, "egemaps": 2}
+    assert built_phases(study_dir) == built
+    baselines = {r["method"]: r for r in read_baseline_records(study_dir)}
+    assert set(baselines) == {"finetune", "tapt", "egemaps"} and all(r["status"] == "complete" and r["audit"]["clean"] for r in baselines.values())
+    tapt_keys = {f["test_session"]: f["artifacts"]["tapt"] for f in baselines["tapt"]["folds"]}
+    assert all(f["artifacts"]["tapt"] == tapt_keys[f["test_session"]] for r in records for f in r["folds"])  # the very TAPT models
 
     from mlflow.tracking import MlflowClient
 
@@ -39,16 +45,21 @@ def test_a_study_shares_phases_between_trials_and_lands_in_mlflow(small_manifest
     experiment = client.get_experiment_by_name(f"e2e-{study_dir.name}")
     runs = client.search_runs([experiment.experiment_id])
     kinds = collections.Counter(r.data.tags.get("ser_study.kind", "fold") for r in runs)
-    assert kinds == {"trial": 2, "fold": 4, "summary": 1}
+    assert kinds == {"trial": 2, "baseline": 3, "fold": 4 + 6, "summary": 1}
     trials = {r.info.run_id: r for r in runs if r.data.tags.get("ser_study.kind") == "trial"}
     for run in trials.values():
         assert {"val_ua_mean", "test_ua_mean", "test_wa_mean", "test_ua_std"} <= set(run.data.metrics)
+        assert {"delta_test_ua_vs_tapt", "delta_test_ua_vs_tapt_low", "delta_test_ua_vs_egemaps"} <= set(run.data.metrics)  # paired, logged with the report
         assert run.data.params["layer"] == "2" and run.data.params["clusters"] == "4"
     folds = [r for r in runs if r.data.tags.get("ser_study.kind") == "fold"]
-    assert all(r.data.tags["mlflow.parentRunId"] in trials for r in folds)
+    baseline_runs = {r.info.run_id for r in runs if r.data.tags.get("ser_study.kind") == "baseline"}
+    assert sum(r.data.tags["mlflow.parentRunId"] in trials for r in folds) == 4  # each trial's two folds nested in it
+    assert sum(r.data.tags["mlflow.parentRunId"] in baseline_runs for r in folds) == 6  # and each baseline's
     assert {"test_ua", "val_ua"} <= set(folds[0].data.metrics)
-    for name in ("report.md", "table.csv", "folds.csv", "heatmap_attention.png", "confusion_best.png"):
+    for name in ("report.md", "table.csv", "folds.csv", "heatmap_attention.png", "confusion_best.png", "paired_folds.png"):
         assert (layout.report_dir(study_dir) / name).stat().st_size > 0
+    text = (layout.report_dir(study_dir) / "report.md").read_text()
+    assert "## Baselines" in text and "| `egemaps` | complete | 2/2 |" in text and "Δ UA vs tapt" in text and "t-interval" in text
 
     # The best configuration's fold models as an ensemble, on new audio and on something that is not audio;
     # then the report and the audit. These commands run in-process (the study above ran the console script).
@@ -72,13 +83,14 @@ def test_a_study_shares_phases_between_trials_and_lands_in_mlflow(small_manifest
     # A later study on the same storage reuses every phase the first one built: it builds nothing.
     later_dir = tmp_path / "later"
     later = study_args(small_manifest, tiny_encoder, later_dir, "search.space.clusters={choice: [4]}", "search.space.pooling={choice: [attention]}",
-                       "search.algorithm=grid", "search.num_trials=1", f"storage.cache_dir={shared_cache}")
+                       "search.algorithm=grid", "search.num_trials=1", f"storage.cache_dir={shared_cache}", "baselines=[finetune, tapt, egemaps]")
     done = subprocess.run(cli(*later), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert layout.cache_dir(later_dir) == shared_cache
-    assert built_phases(later_dir) == {"tapt": 2, "embeddings": 2, "clustering": 2, "cpt": 2, "finetune": 4}
+    assert built_phases(later_dir) == built
     (later_record,) = read_trial_records(later_dir)
     assert all(fold["built"] == [] for fold in later_record["folds"])
+    assert all(fold["built"] == [] for record in read_baseline_records(later_dir) for fold in record["folds"])  # the baselines too
 
 
 def _first_wav(manifest: Path) -> Path:

@@ -69,8 +69,12 @@ class TrainConfig:
     epochs: int = 10
     lr: float = 5e-5  # encoder learning rate: the usual HuBERT fine-tuning rate
     head_lr: float = 1e-3  # new layers (pooling, heads) start from scratch and learn faster
-    weight_decay: float = 0.01
+    weight_decay: float = 0.01  # AdamW's, on weight matrices only (never on norms, biases or the mask embedding)
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW's; HuBERT's pretraining uses (0.9, 0.98)
     warmup_fraction: float = 0.1  # linear warm-up over this share of steps, then linear decay
+    #: A budget in optimizer updates: training stops after ``epochs`` or ``max_updates``, whichever comes first,
+    #: and the learning-rate schedule spans that. None: epochs alone.
+    max_updates: int | None = None
     max_batch_seconds: float = 160.0  # padded audio per batch and rank: fits HuBERT-base on a 24 GB GPU in bf16
     max_train_seconds: float | None = 15.0  # random crop of longer training utterances (IEMOCAP has a few > 30 s)
     grad_clip: float = 1.0
@@ -88,6 +92,8 @@ class TrainConfig:
                 (self.max_train_seconds is None or self.max_train_seconds > 0.05, "max_train_seconds", "max_train_seconds must be > 0.05 or null"),
                 (self.patience is None or self.patience >= 1, "patience", "patience must be at least 1 or null"),
                 (self.loader_workers >= 0, "loader_workers", "loader_workers must not be negative"),
+                (all(0 <= b < 1 for b in self.betas), "betas", "betas must be in [0, 1)"),
+                (self.max_updates is None or self.max_updates >= 1, "max_updates", "max_updates must be at least 1 or null"),
             ]
         )
 
@@ -101,9 +107,20 @@ class ClassifierConfig:
     dropout: float = 0.1
     freeze_feature_encoder: bool = True  # the CNN is what SSL learnt best; fine-tuning it rarely helps on 7 h of data
     eval_max_batch_seconds: float = 320.0  # no gradients at evaluation: twice the training batch fits
+    #: SpecAugment's share of masked time spans while training (HF ``mask_time_prob``); None keeps the encoder's own.
+    #: A small encoder's pooled frames shift far more with it than its classes differ: 0 turns it off.
+    spec_augment: float | None = None
+    #: "batch": standardise the pooled vector over the batch before the heads (see trainables.models.heads); "none": as is.
+    head_norm: Literal["none", "batch"] = "none"
 
     def __post_init__(self) -> None:
-        _check([(0 <= self.dropout < 1, "dropout", "dropout must be in [0, 1)"), (self.eval_max_batch_seconds > 0, "eval_max_batch_seconds", "eval_max_batch_seconds must be positive")])
+        _check(
+            [
+                (0 <= self.dropout < 1, "dropout", "dropout must be in [0, 1)"),
+                (self.eval_max_batch_seconds > 0, "eval_max_batch_seconds", "eval_max_batch_seconds must be positive"),
+                (self.spec_augment is None or 0 <= self.spec_augment < 1, "spec_augment", "spec_augment must be in [0, 1) or null"),
+            ]
+        )
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -118,6 +135,37 @@ class CptConfig:
 
     def __post_init__(self) -> None:
         _check([(self.head in FRAME_HEADS, "head", f"head must be one of {FRAME_HEADS}, got {self.head!r}"), (self.span >= 1, "span", "span must be at least 1")])
+
+
+@dataclass(frozen=True, config=_STRICT)
+class TaptConfig(ClassifierConfig):
+    """TAPT, task-adaptive pretraining: the encoder's own masked prediction on the fold's audio, then fine-tuning on its labels.
+
+    ``pretrain: masked`` (the paper's TAPT) first continues the encoder's
+    self-supervised objective on the fold's unsupervised audio: masked
+    prediction of the k-means clusters (``pretrain_clusters``) of the
+    pretrained encoder's ``pretrain_layer`` frames, ``pretrain_mask_ratio`` of
+    the frames masked, trained as ``pretrain_cpt`` says. ``pretrain: none`` is
+    the cheaper supervised step alone.
+    """
+
+    pooling: str = "attention"  # the reference code's TAPT pools with attention
+    pretrain: Literal["masked", "none"] = "masked"
+    pretrain_layer: int = 9  # the reference: HuBERT-base layer 9
+    pretrain_clusters: int = 500  # the reference: 500 clusters
+    pretrain_mask_ratio: float = 0.5  # HuBERT masks about half of the frames in pretraining
+    pretrain_cpt: CptConfig = field(default_factory=CptConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(
+            [
+                (self.pooling in POOLINGS, "pooling", f"pooling must be one of {', '.join(POOLINGS)}"),
+                (self.pretrain_layer >= 0, "pretrain_layer", "pretrain_layer is a hidden_states index >= 0"),
+                (self.pretrain_clusters >= 2, "pretrain_clusters", "pretrain_clusters must be at least 2"),
+                (0 < self.pretrain_mask_ratio < 1, "pretrain_mask_ratio", "pretrain_mask_ratio must be in (0, 1)"),
+            ]
+        )
 
 
 def is_int(value) -> bool:
@@ -185,7 +233,7 @@ class KMeansSettings:
 class PhaseSettings:
     """Every fixed hyperparameter of the phases."""
 
-    tapt: ClassifierConfig = field(default_factory=ClassifierConfig)
+    tapt: TaptConfig = field(default_factory=TaptConfig)
     embed_max_batch_seconds: float = 320.0
     kmeans: KMeansSettings = field(default_factory=KMeansSettings)
     cpt: CptConfig = field(default_factory=CptConfig)
@@ -194,32 +242,63 @@ class PhaseSettings:
     def __post_init__(self) -> None:
         _check([(self.embed_max_batch_seconds > 0, "embed_max_batch_seconds", "embed_max_batch_seconds must be positive")])
 
+    def _each_training(self, change) -> "PhaseSettings":
+        """These settings with ``change(train config)`` applied to every training phase (TAPT's pretraining included)."""
+        retrain = lambda cfg: replace(cfg, train=change(cfg.train))  # noqa: E731
+        tapt = replace(retrain(self.tapt), pretrain_cpt=retrain(self.tapt.pretrain_cpt))
+        return replace(self, tapt=tapt, cpt=retrain(self.cpt), finetune=retrain(self.finetune))
+
     def with_training(self, **changes) -> "PhaseSettings":
         """These settings with ``changes`` (e.g. ``epochs``, ``seed``) applied to every training phase's :class:`TrainConfig`."""
-        if not changes:
-            return self
-        retrain = lambda cfg: replace(cfg, train=replace(cfg.train, **changes))  # noqa: E731
-        return replace(self, tapt=retrain(self.tapt), cpt=retrain(self.cpt), finetune=retrain(self.finetune))
+        return self._each_training(lambda train: replace(train, **changes)) if changes else self
+
+
+    def reseeded(self, offset: int) -> "PhaseSettings":
+        """These settings with every training phase's seed moved by ``offset`` (a study's repeat seed; 0 changes nothing)."""
+        return self._each_training(lambda train: replace(train, seed=train.seed + offset)) if offset else self
 
 
 def hubert_settings() -> PhaseSettings:
-    """HuBERT-base on a GPU (bf16)."""
-    return PhaseSettings()
+    """HuBERT-base on a GPU (bf16), as the reference code (ASolitaryMan/HFLEA) trains it; see docs/settings.md.
+
+    Fine-tuning and TAPT's supervised step: AdamW lr 1e-4 (heads 1e-3), weight
+    decay 1e-5, 40 epochs, SpecAugment 0.08, 6 s training crops, the CNN frozen.
+    CPT and TAPT's masked pretraining: AdamW lr 5e-4, betas (0.9, 0.98), weight
+    decay 0.01, 20 % warm-up then linear decay over 20k updates of 160 s of
+    audio (the reference: 20k updates of 4 x 87.5 s; one GPU sees 46 % of that
+    audio in the same number of updates). TAPT pretrains on k-means (K 500) of
+    the pretrained encoder's layer 9, then fine-tunes with attention pooling.
+    """
+    supervised = TrainConfig(epochs=40, lr=1e-4, head_lr=1e-3, weight_decay=1e-5, warmup_fraction=0.1, max_batch_seconds=160.0, max_train_seconds=6.0)
+    masked = TrainConfig(epochs=400, max_updates=20_000, lr=5e-4, head_lr=5e-4, weight_decay=0.01, betas=(0.9, 0.98), warmup_fraction=0.2,
+                         max_batch_seconds=160.0, max_train_seconds=15.0)
+    cpt = CptConfig(train=masked)
+    return PhaseSettings(
+        tapt=TaptConfig(train=supervised, spec_augment=0.08, pooling="attention", pretrain="masked", pretrain_layer=9, pretrain_clusters=500, pretrain_cpt=cpt),
+        cpt=cpt,
+        finetune=ClassifierConfig(train=supervised, spec_augment=0.08),
+    )
 
 
 def smoke_settings(epochs: int = 8) -> PhaseSettings:
-    """Settings for the tiny encoder on the generated corpus: minutes on a laptop CPU.
+    """Settings for the tiny encoder on the generated corpus: minutes on a laptop CPU (``bench/results/learning.md``).
 
-    A randomly initialised tiny encoder needs far higher learning rates than a
-    pretrained HuBERT, and short batches keep a 2-core CPU busy without swapping.
+    A small encoder needs far higher learning rates than a pretrained HuBERT.
+    Its pooled frames vary little between utterances next to their mean, so
+    the classifiers standardise them (``head_norm: batch``) and their heads
+    learn at 3e-2; SpecAugment is off, because a few masked spans shift a small
+    encoder's pooled frames far more than its classes differ. Short batches
+    keep a 2-core CPU busy without swapping.
     """
     train = TrainConfig(epochs=epochs, lr=1e-3, head_lr=3e-3, max_batch_seconds=40.0, max_train_seconds=6.0, warmup_fraction=0.1)
+    classify = replace(train, head_lr=3e-2)
     return PhaseSettings(
-        tapt=ClassifierConfig(train=train),
+        tapt=TaptConfig(train=classify, spec_augment=0.0, head_norm="batch", pooling="average", pretrain="none", pretrain_layer=2,
+                        pretrain_clusters=50, pretrain_cpt=CptConfig(train=train)),
         embed_max_batch_seconds=80.0,
         kmeans=KMeansSettings(max_fit_frames=50_000, n_init=2),
         cpt=CptConfig(train=train),
-        finetune=ClassifierConfig(train=train),
+        finetune=ClassifierConfig(train=classify, spec_augment=0.0, head_norm="batch"),
     )
 
 
@@ -243,6 +322,10 @@ class RayResources:
         for name in ("gpus_per_worker", "cpus_per_worker", "embed_gpus", "kmeans_gpus"):
             _check([(getattr(self, name) >= 0, name, f"{name} must not be negative")])
 
+    def task_gpus(self, phase: str) -> float:
+        """GPUs of the Ray task running a task phase: k-means takes ``kmeans_gpus``, encoder passes ``embed_gpus``."""
+        return {"clustering": self.kmeans_gpus, "egemaps_features": 0.0, "egemaps": 0.0}.get(phase, self.embed_gpus)
+
 
 @dataclass(frozen=True, config=_STRICT)
 class TinyEncoderConfig:
@@ -253,6 +336,9 @@ class TinyEncoderConfig:
     num_heads: int = 4
     intermediate_size: int = 128
     conv_channels: int = 32
+    #: How the CNN normalises: "group" (HuBERT-base: each channel over time, so padding changes features) or
+    #: "layer" (HuBERT-large: each frame over channels, with a pre-norm transformer).
+    feat_extract_norm: Literal["group", "layer"] = "layer"
     seed: int = 0
 
     def __post_init__(self) -> None:

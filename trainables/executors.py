@@ -12,21 +12,16 @@ from typing import Any, Callable, Protocol
 
 from trainables.config import RayResources
 from trainables.phases.artifacts import checkpoint_dir_for
-from trainables.phases.clustering import run_clustering
-from trainables.phases.embeddings import run_embeddings
-from trainables.phases.registry import TRAINING_PHASES
+from trainables.phases.registry import TASK_PHASES, TRAINING_PHASES
 from trainables.runtime import LocalRuntime, Runtime
 
 
 class PhaseExecutor(Protocol):
-    def train(self, phase: str, out: Path, **kwargs: Any) -> None:
-        """Run a training phase (``tapt``, ``cpt`` or ``finetune``) that writes ``out``."""
+    def train(self, phase: str, out: Path, **kwargs: Any) -> Any:
+        """Run a training phase (:data:`~trainables.phases.registry.TRAINING_PHASES`) that writes ``out``."""
 
-    def embed(self, out: Path, **kwargs: Any) -> None:
-        """Run :func:`run_embeddings` writing ``out``."""
-
-    def cluster(self, out: Path, **kwargs: Any) -> None:
-        """Run :func:`run_clustering` writing ``out``."""
+    def task(self, phase: str, out: Path, **kwargs: Any) -> Any:
+        """Run a task phase (:data:`~trainables.phases.registry.TASK_PHASES`) that writes ``out``."""
 
 
 class LocalExecutor:
@@ -35,16 +30,14 @@ class LocalExecutor:
     def __init__(self, runtime_factory: Callable[[Path], Runtime] = lambda ckpt: LocalRuntime(ckpt)):
         self.runtime_factory = runtime_factory
 
-    def train(self, phase: str, out: Path, **kwargs: Any) -> None:
+    def train(self, phase: str, out: Path, **kwargs: Any) -> Any:
         checkpoint = checkpoint_dir_for(out)
-        TRAINING_PHASES[phase](out=out, runtime=self.runtime_factory(checkpoint), **kwargs)
+        value = TRAINING_PHASES[phase](out=out, runtime=self.runtime_factory(checkpoint), **kwargs)
         shutil.rmtree(checkpoint, ignore_errors=True)
+        return value
 
-    def embed(self, out: Path, **kwargs: Any) -> None:
-        run_embeddings(out=out, runtime=self.runtime_factory(checkpoint_dir_for(out)), **kwargs)
-
-    def cluster(self, out: Path, **kwargs: Any) -> None:
-        run_clustering(out=out, **kwargs)
+    def task(self, phase: str, out: Path, **kwargs: Any) -> Any:
+        return TASK_PHASES[phase](out=out, runtime=self.runtime_factory(checkpoint_dir_for(out)), **kwargs)
 
 
 def make_executor(kind: str, resources: RayResources | None = None, storage: str | Path | None = None) -> PhaseExecutor:

@@ -46,9 +46,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from torch import nn
 
 from trainables.config import RayResources
-from trainables.phases.registry import TRAINING_PHASES
-from trainables.phases.clustering import run_clustering
-from trainables.phases.embeddings import run_embeddings
+from trainables.phases.registry import TASK_PHASES, TRAINING_PHASES
 from trainables.runtime import Runtime, save_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -161,17 +159,13 @@ def _train_worker(config: dict[str, Any]) -> dict[str, Any]:
 
 
 @ray.remote
-def _embed_task(out: Path, kwargs: dict[str, Any]) -> dict:
-    return run_embeddings(out=out, runtime=Runtime(), **kwargs)
-
-
-@ray.remote
-def _cluster_task(out: Path, kwargs: dict[str, Any]) -> dict:
-    return run_clustering(out=out, **kwargs)
+def _phase_task(phase: str, out: Path, kwargs: dict[str, Any]) -> Any:
+    """A task phase in a Ray task, on the device Ray gave it."""
+    return TASK_PHASES[phase](out=out, runtime=Runtime(), **kwargs)
 
 
 #: Phase arguments that name a local file or folder when given as a string (an encoder may also be a hub id).
-PATH_ARGUMENTS = frozenset({"encoder", "init_encoder", "encoder_path", "embeddings", "clusterings"})
+PATH_ARGUMENTS = frozenset({"encoder", "init_encoder", "encoder_path", "embeddings", "clusterings", "classifier"})
 
 
 def _absolute(value: Any, strings: bool = False) -> Any:
@@ -269,10 +263,9 @@ class RayExecutor:
         _delete_run(self.storage, name)
         return result
 
-    def embed(self, out: Path, **kwargs: Any) -> dict:
-        kwargs = _absolute_kwargs(kwargs)
-        return ray.get(_embed_task.options(num_gpus=self.resources.embed_gpus).remote(_absolute(Path(out)), kwargs))
-
-    def cluster(self, out: Path, **kwargs: Any) -> dict:
-        kwargs = _absolute_kwargs(kwargs)
-        return ray.get(_cluster_task.options(num_gpus=self.resources.kmeans_gpus).remote(_absolute(Path(out)), kwargs))
+    def task(self, phase: str, out: Path, **kwargs: Any) -> Any:
+        """Run a task phase as a Ray task with the GPUs :meth:`RayResources.task_gpus` gives it."""
+        if phase not in TASK_PHASES:
+            raise ValueError(f"unknown task phase {phase!r}; expected one of {sorted(TASK_PHASES)}")
+        task = _phase_task.options(num_gpus=self.resources.task_gpus(phase))
+        return ray.get(task.remote(phase, _absolute(Path(out)), _absolute_kwargs(kwargs)))

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from trainables.config import TrainConfig
-from trainables.data.batching import Batch, BucketBatchSampler, UtteranceDataset, collate
+from trainables.data.batching import Batch, BucketBatchSampler, UtteranceDataset, collate, inference_batches
 from trainables.runtime import Runtime, autocast, load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -59,13 +59,22 @@ def make_loader(dataset: UtteranceDataset, cfg: TrainConfig, runtime: Runtime, s
     return loader, sampler
 
 
+def _decays(name: str, parameter: nn.Parameter) -> bool:
+    """Whether AdamW decays ``parameter``: weight matrices yes; biases, normalisation scales and the mask embedding (vectors) never."""
+    return parameter.ndim >= 2 and "masked_spec_embed" not in name
+
+
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    encoder, new = [], []
+    """AdamW with the encoder at ``lr`` and new layers at ``head_lr``; weight decay on weight matrices only."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            (encoder if name.startswith("encoder.") else new).append(parameter)
-    groups = [{"params": encoder, "lr": cfg.lr}, {"params": new, "lr": cfg.head_lr}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
+            groups.setdefault((name.startswith("encoder."), _decays(name, parameter)), []).append(parameter)
+    params = [
+        {"params": members, "lr": cfg.lr if in_encoder else cfg.head_lr, "weight_decay": cfg.weight_decay if decays else 0.0}
+        for (in_encoder, decays), members in sorted(groups.items(), reverse=True)
+    ]
+    return torch.optim.AdamW(params, betas=tuple(cfg.betas))
 
 
 def _schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float) -> torch.optim.lr_scheduler.LambdaLR:
@@ -103,7 +112,9 @@ def fit(
     model = runtime.wrap(model)
     optimizer = _optimizer(unwrap(model), cfg)
     steps_per_epoch = len(sampler)
-    scheduler = _schedule(optimizer, cfg.epochs * steps_per_epoch, cfg.warmup_fraction)
+    total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_updates or math.inf)
+    epochs = math.ceil(total_steps / max(1, steps_per_epoch))
+    scheduler = _schedule(optimizer, int(total_steps), cfg.warmup_fraction)
     start_epoch, best_score, best_state, best_metrics, history = 0, -math.inf, None, {}, []
     resumed_from = None
 
@@ -119,13 +130,15 @@ def fit(
         logger.info("resumed from the checkpoint of epoch %d in %s", state["epoch"], checkpoint_dir)
 
     epochs_without_gain = 0
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(start_epoch, epochs):
         model.train()
         sampler.set_epoch(epoch)
         started = time.perf_counter()
         totals: dict[str, float] = {"loss": 0.0}
         audio_seconds = 0.0
         for batch in loader:
+            if scheduler.last_epoch >= total_steps:
+                break  # the update budget (max_updates) ends inside this epoch
             batch = batch.to(runtime.device)
             with autocast(runtime.device):
                 loss, extra = loss_fn(model, batch)
@@ -184,7 +197,7 @@ def predict_logits(
     Each rank runs every ``world_size``-th bucketed batch; no collective runs
     inside the model, so ranks may hold different numbers of batches.
     """
-    batches = BucketBatchSampler(dataset.durations(), max_batch_seconds, shuffle=False).all_batches()
+    batches = inference_batches(dataset.durations(), max_batch_seconds, one_at_a_time=unwrap(model).encoder.info.group_norm)
     indices: list[int] = []
     outputs: list[torch.Tensor] = []
     for batch_indices in batches[runtime.rank :: runtime.world_size]:

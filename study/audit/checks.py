@@ -12,9 +12,9 @@ phase      role           what it saw                                      must 
 ========== ============== ================================================ ==================
 tapt       trained_on     utterances with labels                           the fold's train
 tapt       selected_on    validation (checkpoint selection), with labels   the fold's val
-embeddings embedded       audio (the input of k-means and CPT)             train+val(+test)
-clustering fit_on         audio (k-means fit)                              train+val(+test)
-cpt        trained_on     audio, with k-means pseudo labels                train+val(+test)
+embeddings embedded       audio (the input of k-means and CPT)             the unsupervised set
+clustering fit_on         audio (k-means fit)                              the unsupervised set
+cpt        trained_on     audio, with k-means pseudo labels                the unsupervised set
 finetune   trained_on     utterances with labels                           the fold's train
 finetune   selected_on    validation (early stopping, model selection)     the fold's val
 finetune   tested_on      the test                                         the fold's test
@@ -53,53 +53,23 @@ run (tags ``audit``, ``audit_shared``; artifact ``audit.json``).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
-from study.audit.findings import ENCODER, LEAK, OK, PRETRAINING_RECORD, SHARED, SPLIT, UNVERIFIED, Finding, FoldAudit, TrialAudit
+from study.audit.findings import ENCODER, LEAK, OK, SHARED, SPLIT, UNVERIFIED, Finding, FoldAudit, TrialAudit
 from study.io import layout, storage
-from trainables.data.folds import Fold, Validation
-from trainables.data.manifest import fingerprint
-from trainables.phases.artifacts import PHASES, RECORD_FILE
+from trainables.data.folds import Fold, FoldProtocol, Validation
+from trainables.data.manifest import Utterance, fingerprint
+from trainables.phases.artifacts import PRETRAINING_RECORD, RECORD_FILE, audio_digest
+from trainables.phases.kinds import AUDIO, FIXED, PHASE_KINDS, TEST, VALIDATION
 
-#: What each phase did with the utterances of each role of its record.
-ROLES: dict[str, dict[str, str]] = {
-    "tapt": {"trained_on": "trained on (with labels)", "selected_on": "selected its checkpoint on (validation, with labels)"},
-    "embeddings": {"embedded": "embedded (audio, the input of k-means and CPT)"},
-    "clustering": {"fit_on": "fit k-means on (audio)"},
-    "cpt": {"trained_on": "pretrained on (audio with k-means pseudo labels)"},
-    "finetune": {
-        "trained_on": "trained on (with labels)",
-        "selected_on": "early-stopped and selected on (validation, with labels)",
-        "tested_on": "tested on",
-    },
-}
-#: Which of the fold's sets each (phase, role) must be.
-EXPECTED_SET = {
-    ("tapt", "trained_on"): "train",
-    ("tapt", "selected_on"): "val",
-    ("embeddings", "embedded"): "unsupervised",
-    ("clustering", "fit_on"): "unsupervised",
-    ("cpt", "trained_on"): "unsupervised",
-    ("finetune", "trained_on"): "train",
-    ("finetune", "selected_on"): "val",
-    ("finetune", "tested_on"): "test",
-}
-#: How each (phase, role) may see the test session: never ("labels"), as validation, as unlabelled audio, or as the test.
-ACCESS = {
-    ("tapt", "trained_on"): "labels",
-    ("tapt", "selected_on"): "validation",
-    ("embeddings", "embedded"): "audio",
-    ("clustering", "fit_on"): "audio",
-    ("cpt", "trained_on"): "audio",
-    ("finetune", "trained_on"): "labels",
-    ("finetune", "selected_on"): "validation",
-    ("finetune", "tested_on"): "test",
-}
-#: For each phase: the upstream field that must name the fold's artifact of another phase.
-UPSTREAM_LINKS = {"embeddings": ("encoder", "tapt"), "clustering": ("embeddings", "embeddings"), "finetune": ("encoder", "cpt")}
+#: The links of a fold recorded before fold records named them: each step built on the one before.
+LEGACY_LINKS = {"embeddings": ["tapt"], "clustering": ["embeddings"], "cpt": ["clustering"], "finetune": ["cpt"]}
+#: Upstream fields naming an initial encoder (not a fold's artifact), whose own pretraining may be audited.
+ENCODER_FIELDS = ("encoder", "init_encoder", "encoder_path")
 
 
 # ----------------------------------------------------------------------------
@@ -145,13 +115,17 @@ def audit_fold(
     cache_root: str | Path,
     split: Fold | None = None,
     *,
+    test_audio: Callable[[], set[str]] | None = None,
     _memo: dict[str, Any] | None = None,
 ) -> FoldAudit:
     """Audit one fold of a trial record (a :meth:`study.cache.chain.FoldResult.to_dict`).
 
     ``cache_root`` is the artifact cache the fold's keys refer to (a study's
     ``<study_dir>/cache``, local or a URI). ``split``, the fold rebuilt from the
-    manifest (:func:`rebuild_splits`), adds checks by utterance id.
+    manifest (:func:`rebuild_splits`), adds checks by utterance id;
+    ``test_audio()``, the content ids (:func:`audio_digest`) of the test
+    session's audio, lets the initial encoder's own pretraining be checked by
+    content (a separate pretraining corpus has sessions too).
     """
     summary: Mapping[str, Any] = fold_record.get("fold") or {}
     test_session = int(fold_record.get("test_session", summary.get("test_session", -1)))
@@ -173,19 +147,30 @@ def audit_fold(
         "test": (summary.get("test_fingerprint"), test_n),
         "unsupervised": (
             summary.get("unsupervised_fingerprint"),
-            None if None in (train_n, val_n, test_n) else train_n + val_n + (test_n if audio_shared else 0),  # type: ignore[operator]
+            # train + val (validation from the test session only with test audio) + the test session's audio if allowed
+            None if None in (train_n, val_n, test_n) else train_n + (val_n if audio_shared or not test_validation else 0) + (test_n if audio_shared else 0),  # type: ignore[operator]
         ),
+        "fold": (summary.get("fold_fingerprint"), None if None in (train_n, val_n, test_n) else train_n + val_n + test_n),  # type: ignore[operator]
     }
     artifacts: Mapping[str, str] = fold_record.get("artifacts") or {}
+    phases: Mapping[str, str] = fold_record.get("phases") or {step: step for step in artifacts}
+    links: Mapping[str, list[str]] = fold_record.get("links") or (LEGACY_LINKS if "phases" not in fold_record else {})
     records: dict[str, dict[str, Any]] = {}
     locations: dict[str, str] = {}
-    for phase in PHASES:
-        key = artifacts.get(phase)
+    steps = list(dict.fromkeys([*artifacts, *links, *(up for ups in links.values() for up in ups)]))
+    if not steps:
+        add(Finding(UNVERIFIED, SPLIT, "the fold names no artifact at all"))
+    for step in steps:
+        phase = phases.get(step, step.split("@", 1)[0])
+        key = artifacts.get(step)
         if not key:
-            add(Finding(UNVERIFIED, phase, f"the fold names no {phase} artifact"))
+            add(Finding(UNVERIFIED, phase, f"the fold names no {step} artifact"))
+            continue
+        if phase not in PHASE_KINDS:
+            add(Finding(UNVERIFIED, phase, f"step {step} is of an unknown phase {phase!r}"))
             continue
         location = str(layout.artifact_location(cache_root, phase, key))
-        locations[phase] = location
+        locations[step] = location
         record = _read_artifact_record(location, _memo)
         if isinstance(record, str):
             add(Finding(UNVERIFIED, phase, f"cannot audit: {record}", artifact=location))
@@ -193,12 +178,12 @@ def audit_fold(
         if record.get("phase") != phase:
             add(Finding(UNVERIFIED, phase, f"the record is of phase {record.get('phase')!r}, not {phase!r}", artifact=location))
             continue
-        records[phase] = record
+        records[step] = record
         _audit_phase(audit, phase, record, location, expected, test_validation, audio_shared)
 
-    _audit_chain(audit, records, locations, artifacts)
+    _audit_chain(audit, records, locations, artifacts, phases, links)
     _audit_split(audit, summary, records, locations, split, test_validation, audio_shared)
-    _audit_encoder(audit, records, locations)
+    _audit_encoder(audit, records, test_audio)
     return audit
 
 
@@ -213,29 +198,30 @@ def _audit_phase(
 ) -> None:
     test = audit.test_session
     used: Mapping[str, Any] = record.get("used") or {}
-    for role, doing in ROLES[phase].items():
+    for role, spec in PHASE_KINDS[phase].roles.items():
+        doing, access, set_name = spec.doing, spec.access, spec.set
         what = used.get(role)
         if not isinstance(what, Mapping):
             audit.findings.append(Finding(UNVERIFIED, phase, f"the record does not say which utterances it {doing.split(' (')[0]} (no used.{role})", role, location))
             continue
         sessions, n, fp = _sessions(what), what.get("count"), what.get("fingerprint")
         described = f"{n} utterances (fingerprint {fp}) of sessions {sessions}"
-        access = ACCESS[(phase, role)]
-        if access == "test":
+        if access == FIXED:
+            audit.findings.append(Finding(OK, phase, f"{doing} {described}: a fixed function, nothing learnt from them", role, location))
+        elif access == TEST:
             if sessions != [test]:
                 audit.findings.append(Finding(UNVERIFIED, phase, f"{doing} {described}: the test must be session {test} alone", role, location))
             else:
                 audit.findings.append(Finding(OK, phase, f"{doing} {described}: session {test} alone", role, location))
         elif test in sessions:
-            if access == "audio" and audio_shared:
+            if access == AUDIO and audio_shared:
                 audit.findings.append(Finding(SHARED, phase, f"{doing} {described}: test-session audio without labels (protocol unsupervised_audio: train+test)", role, location))
-            elif access == "validation" and test_validation:
+            elif access == VALIDATION and test_validation:
                 audit.findings.append(Finding(SHARED, phase, f"{doing} {described}: a test-session speaker as validation (protocol validation: test_session_speaker)", role, location))
             else:
                 audit.findings.append(Finding(LEAK, phase, f"{doing} {described}, which include test session {test}", role, location))
         else:
             audit.findings.append(Finding(OK, phase, f"{doing} {described}: test session {test} absent", role, location))
-        set_name = EXPECTED_SET[(phase, role)]
         want_fp, want_n = expected[set_name]
         problems = []
         if want_fp and fp != want_fp:
@@ -246,19 +232,24 @@ def _audit_phase(
             audit.findings.append(Finding(UNVERIFIED, phase, f"what it {doing.split(' (')[0]} is not the fold's {set_name} set: " + "; ".join(problems), role, location))
 
 
-def _audit_chain(audit: FoldAudit, records: Mapping[str, Mapping[str, Any]], locations: Mapping[str, str], artifacts: Mapping[str, str]) -> None:
-    """Each artifact was built from the fold's previous one (its ``upstream`` names that key)."""
-    for phase, (field_name, source) in UPSTREAM_LINKS.items():
-        if phase not in records or not artifacts.get(source):
+def _audit_chain(
+    audit: FoldAudit,
+    records: Mapping[str, Mapping[str, Any]],
+    locations: Mapping[str, str],
+    artifacts: Mapping[str, str],
+    phases: Mapping[str, str],
+    links: Mapping[str, list[str]],
+) -> None:
+    """Each artifact was built from the fold's artifacts it builds on (its ``upstream`` names their keys)."""
+    for step, sources in links.items():
+        if step not in records:
             continue
-        reference = (records[phase].get("upstream") or {}).get(field_name)
-        if not _mentions(reference, artifacts[source]):
-            audit.findings.append(Finding(UNVERIFIED, phase, f"built from {reference!r}, not from the fold's {source} artifact {artifacts[source]}", artifact=locations[phase]))
-    if "cpt" in records and artifacts.get("clustering"):
-        upstream = records["cpt"].get("upstream") or {}
-        clusterings = [v for k, v in upstream.items() if k.startswith("clustering_")]
-        if not any(_mentions(v, artifacts["clustering"]) for v in clusterings):
-            audit.findings.append(Finding(UNVERIFIED, "cpt", f"its pseudo labels come from {clusterings}, not from the fold's clustering artifact {artifacts['clustering']}", artifact=locations["cpt"]))
+        upstream = [v for v in (records[step].get("upstream") or {}).values() if isinstance(v, str)]
+        for source in sources:
+            key = artifacts.get(source)
+            if key and not any(_mentions(reference, key) for reference in upstream):
+                phase = phases.get(step, step.split("@", 1)[0])
+                audit.findings.append(Finding(UNVERIFIED, phase, f"{step} was built from {upstream}, not from the fold's {source} artifact {key}", artifact=locations[step]))
 
 
 def _audit_split(
@@ -274,13 +265,15 @@ def _audit_split(
     add = audit.findings.append
     test = audit.test_session
     val_fp, test_fp = summary.get("val_fingerprint"), summary.get("test_fingerprint")
-    ft_used = (records.get("finetune") or {}).get("used") or {}
+    scored = next((step for step, record in records.items() if "tested_on" in (record.get("used") or {})), None)
+    ft_used = (records.get(scored) or {}).get("used") or {} if scored else {}
+    scored_label = PHASE_KINDS[records[scored]["phase"]].label if scored else "the scored phase"
     if val_fp is not None and val_fp == test_fp:
-        add(Finding(LEAK, SPLIT, f"validation is the test set (both fingerprint {test_fp}): early stopping and model selection used the test", "selected_on", locations.get("finetune", "")))
+        add(Finding(LEAK, SPLIT, f"validation is the test set (both fingerprint {test_fp}): early stopping and model selection used the test", "selected_on", locations.get(scored or "", "")))
     for role in ("selected_on", "trained_on"):
         what, tested = ft_used.get(role), ft_used.get("tested_on")
         if isinstance(what, Mapping) and isinstance(tested, Mapping) and what.get("fingerprint") == tested.get("fingerprint"):
-            add(Finding(LEAK, SPLIT, f"fine-tuning {'selected' if role == 'selected_on' else 'trained'} on the very set it was tested on (fingerprint {tested.get('fingerprint')})", role, locations.get("finetune", "")))
+            add(Finding(LEAK, SPLIT, f"{scored_label} {'selected' if role == 'selected_on' else 'trained'} on the very set it was tested on (fingerprint {tested.get('fingerprint')})", role, locations.get(scored or "", "")))
     if split is None:
         selected, tested = ft_used.get("selected_on"), ft_used.get("tested_on")
         if not isinstance(selected, Mapping) or not isinstance(tested, Mapping):
@@ -302,20 +295,26 @@ def _audit_split(
             add(Finding(LEAK, SPLIT, f"{len(overlap)} test utterances are also in {name}: {', '.join(overlap[:5])}{' ...' if len(overlap) > 5 else ''}"))
         else:
             add(Finding(OK, SPLIT, f"{name} ({len(ids)} utterances) and test ({len(test_ids)}) share no utterance id"))
-    unsupervised_fp = fingerprint(train_ids | val_ids | (test_ids if audio_shared else set()))
+    protocol = FoldProtocol(validation=Validation(audit.validation), unsupervised_audio=audit.unsupervised_audio)
+    unsupervised_fp = fingerprint(protocol.unsupervised_ids(split))
     recorded = summary.get("unsupervised_fingerprint")
     if recorded is not None and recorded != unsupervised_fp:
-        add(Finding(UNVERIFIED, SPLIT, f"the unsupervised set's fingerprint {recorded} is not train+val{'+test' if audio_shared else ''} of the manifest ({unsupervised_fp})"))
+        add(Finding(UNVERIFIED, SPLIT, f"the unsupervised set's fingerprint {recorded} is not what the protocol allows of the manifest ({unsupervised_fp})"))
 
 
-def _audit_encoder(audit: FoldAudit, records: Mapping[str, Mapping[str, Any]], locations: Mapping[str, str]) -> None:
-    """The initial encoder's own pretraining, when it left a record (``ser-study tiny-encoder --pretrain-on``)."""
+def _audit_encoder(audit: FoldAudit, records: Mapping[str, Mapping[str, Any]], test_audio: Callable[[], set[str]] | None) -> None:
+    """The initial encoder's own pretraining, when it left a record (``ser-study tiny-encoder --pretrain-on``).
+
+    By content when the record lists its audio and the test session's audio is
+    at hand: a corpus of its own (other speakers and files) shares nothing with
+    the test session, whatever its session numbers. Otherwise by session number.
+    """
     encoders = []
-    tapt_upstream = (records.get("tapt") or {}).get("upstream") or {}
-    cpt_upstream = (records.get("cpt") or {}).get("upstream") or {}
-    for reference in (tapt_upstream.get("encoder"), cpt_upstream.get("init_encoder")):
-        if isinstance(reference, str) and reference not in encoders and not storage.is_uri(reference):
-            encoders.append(reference)
+    for record in records.values():
+        upstream = record.get("upstream") or {}
+        for reference in (upstream.get(name) for name in ENCODER_FIELDS):
+            if isinstance(reference, str) and reference not in encoders and not storage.is_uri(reference):
+                encoders.append(reference)
     for reference in encoders:
         path = Path(reference) / PRETRAINING_RECORD
         if not path.is_file():
@@ -327,6 +326,14 @@ def _audit_encoder(audit: FoldAudit, records: Mapping[str, Mapping[str, Any]], l
             continue
         sessions = _sessions(used)
         described = f"{used.get('count')} utterances (fingerprint {used.get('fingerprint')}) of sessions {sessions}"
+        heard = used.get("audio")
+        if isinstance(heard, list) and test_audio is not None:
+            common = set(heard) & test_audio()
+            if common:
+                audit.findings.append(Finding(SHARED, ENCODER, f"the initial encoder was self-supervised on {described}, {len(common)} of them the test session's audio (no labels), before the fold's chain", "trained_on", reference))
+            else:
+                audit.findings.append(Finding(OK, ENCODER, f"the initial encoder was self-supervised on {described}: none of them the test session's audio (compared by content)", "trained_on", reference))
+            continue
         if audit.test_session in sessions:
             audit.findings.append(Finding(SHARED, ENCODER, f"the initial encoder was self-supervised on {described}: test-session audio without labels, before the fold's chain", "trained_on", reference))
         else:
@@ -342,17 +349,32 @@ def audit_trial(
     record: Mapping[str, Any],
     cache_root: str | Path,
     splits: Mapping[int, Fold] | None = None,
+    utterances: Sequence[Utterance] | None = None,
     *,
     _memo: dict[str, Any] | None = None,
 ) -> TrialAudit:
-    """Audit every fold of a trial record (``<study_dir>/trials/<id>.json``).
+    """Audit every fold of a trial (or baseline) record.
 
-    ``splits`` (test session -> fold rebuilt from the manifest) adds checks by utterance id.
+    ``splits`` (test session -> fold rebuilt from the manifest) adds checks by
+    utterance id; with the manifest's ``utterances`` too, an initial encoder's
+    pretraining is checked against the test session's audio by content.
     """
     memo = {} if _memo is None else _memo
     protocol = dict(record.get("protocol") or {})
     audit = TrialAudit(str(record.get("trial_id", "?")), protocol)
+    paths = {u.utt_id: u.path for u in utterances or ()}
     for fold in record.get("folds") or []:
-        session = fold.get("test_session")
-        audit.folds.append(audit_fold(fold, cache_root, (splits or {}).get(session), _memo=memo))
+        split = (splits or {}).get(fold.get("test_session"))
+        test_audio = None
+        if split is not None and paths:
+            test_audio = functools.partial(_test_audio, memo, tuple(paths[i] for i in split.test.utt_ids if i in paths))
+        audit.folds.append(audit_fold(fold, cache_root, split, test_audio=test_audio, _memo=memo))
     return audit
+
+
+def _test_audio(memo: dict[str, Any], files: tuple[str, ...]) -> set[str]:
+    """The content ids of ``files`` (memoised: every fold of every trial asks for the same test sessions)."""
+    key = ("audio", files)
+    if key not in memo:
+        memo[key] = {audio_digest(path) for path in files}
+    return memo[key]

@@ -8,31 +8,22 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
-from trainables.phases.artifacts import PHASES
+from trainables.phases.kinds import PHASE_KINDS, PHASES
 
 LEAK, SHARED, UNVERIFIED, OK = "leak", "shared", "unverified", "ok"
 KINDS = (LEAK, SHARED, UNVERIFIED, OK)
 
-#: Phases of a finding besides the five: the split itself and the initial encoder's pretraining.
+#: Phases of a finding besides the phase kinds: the split itself and the initial encoder's pretraining.
 SPLIT, ENCODER = "split", "encoder"
-PHASE_LABELS = {
-    "tapt": "TAPT",
-    "embeddings": "embeddings",
-    "clustering": "k-means",
-    "cpt": "CPT",
-    "finetune": "fine-tuning",
-    SPLIT: "validation/test",
-    ENCODER: "encoder pretraining",
-}
+PHASE_LABELS = {**{phase: kind.label for phase, kind in PHASE_KINDS.items()}, SPLIT: "validation/test", ENCODER: "encoder pretraining"}
 AUDIT_FILE = "audit.json"
-PRETRAINING_RECORD = "pretraining_record.json"
 
 @dataclass(frozen=True)
 class Finding:
     """One check of one fold: ``kind`` (leak | shared | unverified | ok), where, and what was found."""
 
     kind: str
-    phase: str  # one of PHASES, "split" or "encoder"
+    phase: str  # a phase kind (trainables.phases.kinds), "split" or "encoder"
     message: str
     role: str = ""  # the record's role ("trained_on" ...), "" for checks not about one utterance set
     artifact: str = ""  # the artifact directory the finding is about
@@ -127,7 +118,7 @@ class FoldAudit:
             "clean": self.clean,
             "strict": self.strict,
             "shared": self.shared_statements(),
-            "status": {phase: self.status(phase) for phase in (*PHASES, SPLIT, ENCODER)},
+            "status": {phase: self.status(phase) for phase in (*PHASES, SPLIT, ENCODER) if self.status(phase) != "-" or phase in (SPLIT, ENCODER)},
             "findings": [asdict(f) for f in self.findings],
         }
 
@@ -183,7 +174,8 @@ class TrialAudit:
         if not self.folds:
             lines.append("  no finished folds")
             return "\n".join(lines)
-        columns = list(PHASES) + [SPLIT] + ([ENCODER] if any(fold.status(ENCODER) != "-" for fold in self.folds) else [])
+        seen = {finding.phase for fold in self.folds for finding in fold.findings}
+        columns = [p for p in PHASES if p in seen] + [SPLIT] + ([ENCODER] if ENCODER in seen else [])
         header = ["fold"] + [PHASE_LABELS[c] for c in columns]
         rows = [[str(fold.test_session)] + [fold.status(c) for c in columns] for fold in self.folds]
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]

@@ -48,7 +48,8 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from study.io import layout, storage
-from trainables.phases.artifacts import PHASE_CODE_VERSION, RECORD_FILE, to_plain, verify_artifact
+from trainables.phases.artifacts import RECORD_FILE, to_plain, verify_artifact
+from trainables.phases.kinds import phase_kind
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ LOCAL_CACHE_ENV = "SER_STUDY_LOCAL_CACHE"
 
 def artifact_key(phase: str, spec: dict[str, Any]) -> str:
     """The cache key of a phase result: a hash of the phase, its code version and ``spec``."""
-    payload = json.dumps({"phase": phase, "code_version": PHASE_CODE_VERSION[phase], "spec": to_plain(spec)}, sort_keys=True)
+    payload = json.dumps({"phase": phase, "code_version": phase_kind(phase).version, "spec": to_plain(spec)}, sort_keys=True)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:20]
 
 

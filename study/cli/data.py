@@ -9,7 +9,7 @@ from pathlib import Path
 
 from study.errors import UserError
 from trainables.atomic import atomic_write_text
-from trainables.data.demo_corpus import DemoCorpusConfig, generate_demo_corpus
+from trainables.data.demo_corpus import ENGINES, DemoCorpusConfig, generate_demo_corpus
 from trainables.data.iemocap import ALL_SESSIONS, CorpusError, problem_report_path, problem_report_text, read_iemocap, summary_table
 from trainables.data.labels import DEFAULT_LABEL_SET, LABEL_SETS, get_label_set
 from trainables.data.manifest import write_manifest
@@ -83,8 +83,14 @@ def add_demo_data_parser(subparsers) -> None:
     parser.add_argument("out", type=Path, help="folder to create; the corpus lands in OUT/IEMOCAP_full_release")
     parser.add_argument("--utterances-per-session", type=int, default=defaults.utterances_per_session, help="labelled turns per session, all labels included")
     parser.add_argument("--median-duration", type=float, default=defaults.median_duration_s, help="median utterance length in seconds")
-    parser.add_argument("--max-duration", type=float, default=defaults.max_duration_s, help="longest utterance in seconds")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="the corpus is a function of this seed")
+    parser.add_argument("--max-duration", type=float, default=defaults.max_duration_s, help="longest line in seconds at a neutral rate (synth engine)")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="the corpus is a function of this seed (other seeds: other speakers, lines and draws)")
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=defaults.engine,
+        help="synth: built-in source-filter syllables (no external program); espeak: English sentences from espeak-ng and sox (Debian packages espeak-ng, sox)",
+    )
     parser.set_defaults(handler=run_demo_data)
 
 
@@ -93,12 +99,12 @@ def run_demo_data(args: argparse.Namespace) -> int:
         utterances_per_session=args.utterances_per_session,
         median_duration_s=args.median_duration,
         max_duration_s=args.max_duration,
-        min_duration_s=min(DemoCorpusConfig.min_duration_s, args.median_duration),
         seed=args.seed,
+        engine=args.engine,
     )
     try:
         release = generate_demo_corpus(args.out, config)
-    except (ValueError, FileExistsError) as err:
+    except (ValueError, FileExistsError, RuntimeError) as err:
         raise UserError(str(err)) from None
     print(f"generated corpus: {release}")
     return 0

@@ -146,9 +146,9 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_audit(args: argparse.Namespace) -> int:
     from study.audit.study import audit_study, write_audit
-    from study.io.records import read_trial_records
+    from study.io.records import read_baseline_records, read_trial_records
 
-    records = read_trial_records(args.study_dir)
+    records = read_trial_records(args.study_dir) + read_baseline_records(args.study_dir)
     if not records:
         raise UserError(f"{args.study_dir} has no trial records ({layout.trials_dir(args.study_dir)} is empty or missing); run a study first")
     audit = audit_study(args.study_dir, records)

@@ -19,11 +19,15 @@ silently ignored setting)::
       finetune: {dropout: 0.2}       # optional: any ClassifierConfig field
       kmeans: {backend: sklearn}     # optional: any KMeansSettings field
       embed_max_batch_seconds: 80    # optional
+    plugins: []                      # modules that register more methods (recipes), importable where the study runs
+    baselines: [finetune, tapt, egemaps]   # scored once per fold beside the search (any of these three)
+    study: {seeds: [0]}              # every fold trained once per seed; [0, 1, 2] repeats it with other training seeds
     search:
-      space:                         # exactly these four; each fixed or {choice: [...]},
+      space:                         # the methods, then their parameters: each fixed or {choice: [...]},
+        method: alignment            # or {choice: [alignment, finetune]}; each samples only its own parameters
         layer: {choice: [1, 2]}      # {int: [low, high], log: false, step: 1} or
         clusters: {int: [4, 64], log: true}   # {float: [low, high], log: false}
-        mask_ratio: 0.2
+        mask_ratio: 0.2              # a parameter left out takes its method's default
         pooling: {choice: [attention, average]}
       algorithm: tpe                 # tpe | grid (grid: every parameter fixed or a choice)
       seed: 0
@@ -80,7 +84,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from study.config.base import StudyConfigError
-from study.config.space import PARAM_FORMS, PARAM_TAGS, SEARCHED_PARAMS, TAG_MODELS, SearchSpace, spec_tag
+from study.config.space import PARAM_FORMS, TAG_MODELS, SearchSpace, param_forms, spec_tag
 from study.config.study import StudyConfig
 from study.io import layout, storage
 from trainables.config import FieldError
@@ -127,12 +131,16 @@ def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
     index = 0
     while index < len(loc):
         fields = _fields_by_key(model)
+        if model is SearchSpace and index + 1 < len(loc):  # a parameter, then the form it is written in
+            index += 1
+            child = TAG_MODELS.get(loc[index])  # type: ignore[arg-type]
+            if child is None:
+                return None
+            model, index = child, index + 1
+            continue
         if loc[index] not in fields:
             return None
         child = _as_model(fields[loc[index]].annotation)
-        if child is None and model is SearchSpace and index + 1 < len(loc):
-            index += 1
-            child = TAG_MODELS.get(loc[index])  # type: ignore[arg-type]
         if child is None:
             return None
         model, index = child, index + 1
@@ -143,7 +151,7 @@ def _clean_loc(loc: Sequence[Any]) -> list[Any]:
     """``loc`` without the union tags pydantic inserts after a search-space parameter."""
     out: list[Any] = []
     for index, part in enumerate(loc):
-        if index >= 2 and part in PARAM_FORMS and loc[index - 1] in SEARCHED_PARAMS and loc[index - 2] == "space":
+        if index >= 2 and part in PARAM_FORMS and loc[index - 2] == "space" and loc[0] == "search":
             continue
         out.append(part)
     return out
@@ -170,8 +178,9 @@ def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
     kind = error["type"]
     ctx = error.get("ctx") or {}
     value = error.get("input")
-    param = next((p for p in reversed(loc) if p in SEARCHED_PARAMS), None)
-    forms = ", ".join(PARAM_FORMS[t] for t in PARAM_TAGS.get(param, ())) if param else ""
+    param = loc[2] if len(loc) > 2 and tuple(loc[:2]) == ("search", "space") else None
+    tags = param_forms("str" if param == "method" else param) if param and param != "method" else ("fixed", "choice")
+    forms = ", ".join(PARAM_FORMS[t] for t in tags) if param else ""
     if kind in ("extra_forbidden", "unexpected_keyword_argument"):
         parent = _model_at(loc[:-1])
         where = _dotted(_clean_loc(loc[:-1])) or "the top level"
@@ -184,7 +193,7 @@ def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
         if isinstance(value, (list, tuple)):
             return field, f"a bare list is not a search space: write {{choice: {list(value)}}}; allowed forms: {forms}"
         tag = spec_tag(value)
-        if tag not in (None, "fixed") and param and tag not in PARAM_TAGS[param]:
+        if tag not in (None, "fixed") and param and tag not in tags:
             return field, f"{{{tag}: ...}} is not allowed for {param}; allowed forms: {forms}"
         return field, f"{_short(value)} is not a parameter form; allowed forms: {forms}"
     if kind == "union_tag_invalid":
@@ -219,6 +228,8 @@ def _format(err: ValidationError, source: str, overrides: Sequence[str]) -> Stud
 def _check_override_path(parts: Sequence[str], text: str, source: str) -> None:
     model: type[BaseModel] = StudyConfig
     for depth, part in enumerate(parts):
+        if model is SearchSpace:
+            return  # the methods and their parameters: names and forms are checked with the space
         fields = _fields_by_key(model)
         where = _dotted(parts[:depth]) or "the top level"
         if part not in fields:
@@ -230,7 +241,7 @@ def _check_override_path(parts: Sequence[str], text: str, source: str) -> None:
             )
         child = _as_model(fields[part].annotation)
         if child is None:
-            if depth + 1 < len(parts) and model is not SearchSpace:
+            if depth + 1 < len(parts):
                 raise StudyConfigError(f"{source}: --set {text}: {_dotted(parts[: depth + 1])} is a value, not a section", source=source, field=_dotted(parts[: depth + 1]))
             return
         model = child

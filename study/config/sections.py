@@ -18,7 +18,7 @@ from pydantic import Field, PrivateAttr, field_validator, model_serializer, mode
 
 from study.config.base import Invalid, Strict
 from study.io import layout, storage
-from trainables.config import PRESETS, ClassifierConfig, CptConfig, KMeansSettings, PhaseSettings, RayResources
+from trainables.config import PRESETS, ClassifierConfig, CptConfig, KMeansSettings, PhaseSettings, RayResources, TaptConfig
 from trainables.data.folds import UNSUPERVISED_AUDIO, FoldProtocol, Validation
 
 #: What a trial reports at its end and a study may optimise (fold means).
@@ -55,7 +55,7 @@ class PhasesSection(Strict):
     preset: Literal[tuple(PRESETS)] = "hubert"  # type: ignore[valid-type]
     epochs: int | None = Field(None, ge=1)
     seed: int | None = Field(None, ge=0)
-    tapt: ClassifierConfig
+    tapt: TaptConfig
     cpt: CptConfig
     finetune: ClassifierConfig
     kmeans: KMeansSettings
@@ -100,7 +100,7 @@ class PhasesSection(Strict):
 class ProtocolSection(Strict):
     """How folds are split and which audio the unsupervised phases may see (:class:`FoldProtocol`)."""
 
-    validation: Validation = Validation.STRATIFIED
+    validation: Validation = Validation.SPEAKERS
     val_fraction: float = Field(0.1, gt=0, lt=1)
     val_speaker: str | None = None
     unsupervised_audio: Literal[UNSUPERVISED_AUDIO] = "train"  # type: ignore[valid-type]
@@ -120,6 +120,19 @@ class ProtocolSection(Strict):
             unsupervised_audio=self.unsupervised_audio,
             seed=self.seed,
         )
+
+
+class RepeatsSection(Strict):
+    """``study.seeds``: every fold is trained once per seed (the split stays the same); means, stds and intervals use every seed."""
+
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, seeds: list[int]) -> list[int]:
+        if any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
+            raise ValueError(f"{seeds}: list distinct seeds >= 0, e.g. [0, 1, 2]")
+        return seeds
 
 
 class ObjectiveSection(Strict):

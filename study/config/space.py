@@ -1,20 +1,35 @@
-"""The search space of a study file: each searched hyperparameter fixed, a choice, or a range.
+"""The search space of a study file: the methods compared, and each parameter fixed, a choice, or a range.
 
-``search.space`` names the method's four hyperparameters (:data:`SEARCHED_PARAMS`);
-``search`` adds how they are searched (:class:`SearchSection`).
+``search.space.method`` names the study's methods (recipes, see
+:mod:`trainables.recipes`): one, or ``{choice: [...]}``; default ``alignment``.
+Every other key of ``search.space`` is a parameter of at least one of them,
+written as a fixed value, ``{choice: [...]}``, ``{int: [low, high], log, step}``
+or ``{float: [low, high], log}`` as its kind allows. A method samples only its
+own parameters (those left out take the method's default), so two candidates
+differ only where their method differs. ``search`` adds how the space is
+searched (:class:`SearchSection`).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Generic, Literal, Mapping, TypeVar, Union
+import difflib
+import itertools
+from typing import Annotated, Any, Generic, Iterator, Literal, Mapping, TypeVar, Union
 
-from pydantic import BaseModel, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, TypeAdapter, ValidationError, field_validator, model_serializer, model_validator
+from pydantic_core import PydanticCustomError
 
 from study.config.base import Invalid, Strict
-from trainables.config import POOLINGS
+from trainables.recipes.base import FORMS
+from trainables.recipes.registry import get_recipe, recipe_names
 
-#: The searched hyperparameters, in the order the method names them.
-SEARCHED_PARAMS = ("layer", "clusters", "mask_ratio", "pooling")
+#: The parameter naming a study's methods.
+METHOD = "method"
+#: A grid point's index: the one parameter Optuna's grid sampler walks through (see study.tune.search).
+CANDIDATE = "candidate"
+DEFAULT_METHOD = "alignment"
+#: Beyond this many values an integer range is checked at its ends only.
+_ENUMERATE_INT_RANGE = 64
 
 T = TypeVar("T")
 
@@ -80,7 +95,6 @@ PARAM_FORMS = {
     "int": "{int: [low, high], log: false, step: 1}",
     "float": "{float: [low, high], log: false}",
 }
-PARAM_TAGS = {"layer": ("fixed", "choice", "int"), "clusters": ("fixed", "choice", "int"), "mask_ratio": ("fixed", "choice", "float"), "pooling": ("fixed", "choice")}
 
 
 def spec_tag(value: Any) -> str | None:
@@ -102,10 +116,9 @@ def _param_spec(fixed: type, *ranges: type) -> Any:
     return Annotated[Union[tuple(members)], Discriminator(spec_tag, custom_error_type="param_spec", custom_error_message="not a parameter form")]
 
 
-LayerSpec = _param_spec(int, IntRange)
-ClustersSpec = _param_spec(int, IntRange)
-MaskRatioSpec = _param_spec(float, FloatRange)
-PoolingSpec = _param_spec(str)
+#: The spec of a parameter of each kind (see :data:`trainables.recipes.base.FORMS`).
+SPEC_TYPES = {"int": _param_spec(int, IntRange), "float": _param_spec(float, FloatRange), "str": _param_spec(str)}
+_SPEC_ADAPTERS = {kind: TypeAdapter(spec) for kind, spec in SPEC_TYPES.items()}
 ParamSpec = Union[int, float, str, Choice, IntRange, FloatRange]
 
 
@@ -124,67 +137,163 @@ def spec_extremes(spec: ParamSpec) -> list[Any]:
     return list(spec.bounds) if values is None else values  # type: ignore[union-attr]
 
 
-def _require(spec: ParamSpec, ok, rule: str) -> ParamSpec:
-    bad = [v for v in spec_extremes(spec) if not ok(v)]
-    if bad:
-        raise ValueError(f"{', '.join(repr(v) for v in bad)} not allowed: {rule}")
-    return spec
+def _values(spec: ParamSpec) -> list[Any]:
+    """The values to check rules and needs on: listed values, an integer range's every value (or its ends when long), a float range's ends."""
+    if isinstance(spec, IntRange) and len(spec.values()) <= _ENUMERATE_INT_RANGE:
+        return spec.values()
+    return spec_extremes(spec)
 
 
-class SearchSpace(Strict):
-    """The four searched hyperparameters of the method; each fixed or searched."""
+def _relocated(error: Mapping[str, Any], loc: tuple[str, ...]) -> dict[str, Any]:
+    """A parameter's validation error as a line of the space's own, at ``<loc>.<its loc>`` (its type and message kept)."""
+    line = {"loc": (*loc, *error["loc"]), "input": error["input"]}
+    try:
+        ValidationError.from_exception_data("probe", [{"type": error["type"], **line, "ctx": error.get("ctx") or {}}])
+        return {"type": error["type"], **line, "ctx": error.get("ctx") or {}}
+    except KeyError:  # a custom error type (e.g. the parameter-form discriminator's): carried as such
+        return {"type": PydanticCustomError(error["type"], error["msg"]), **line}
 
-    layer: LayerSpec
-    clusters: ClustersSpec
-    mask_ratio: MaskRatioSpec
-    pooling: PoolingSpec
 
-    @field_validator("layer")
+def param_forms(name: str, methods: list[str] | None = None) -> tuple[str, ...]:
+    """The forms parameter ``name`` may take, from the first of ``methods`` (default: every known method) that has it."""
+    for method in methods or recipe_names():
+        param = get_recipe(method).params.get(name)
+        if param is not None:
+            return FORMS[param.kind]
+    return ()
+
+
+class SearchSpace(BaseModel):
+    """The methods of the study (``method``) and their parameters, each fixed or searched."""
+
+    model_config = ConfigDict(extra="allow", coerce_numbers_to_str=True)
+
+    method: Annotated[Union[Annotated[str, Tag("fixed")], Annotated[Choice[str], Tag("choice")]], Discriminator(spec_tag)] = DEFAULT_METHOD
+
+    _sections: dict[str, dict[str, ParamSpec]] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="wrap")
     @classmethod
-    def _layer(cls, spec: ParamSpec) -> ParamSpec:
-        return _require(spec, lambda v: v >= 0, "layer is a hidden_states index >= 0 (0 = CNN output, 1..N = transformer layers)")
+    def _parameters(cls, data: Any, handler: Any) -> "SearchSpace":
+        """Each parameter validated as its kind allows (errors at ``search.space.<name>``), and against every method that has it.
 
-    @field_validator("clusters")
-    @classmethod
-    def _clusters(cls, spec: ParamSpec) -> ParamSpec:
-        return _require(spec, lambda v: v >= 2, "clusters (k-means K) must be at least 2")
+        A key named after a method is that method's own section (``search.space.gmp_tl: {mask_ratio: 0.3}``),
+        whose parameters win over the shared ones for it. A shared parameter or a section of a known method that
+        the study does not search is kept aside, not an error, so that ``--set search.space.method=...`` restricts a study.
+        """
+        if not isinstance(data, Mapping):
+            return handler(data)
+        space = handler({key: value for key, value in data.items() if key == METHOD})
+        methods = space.methods()
+        unknown = [m for m in methods if m not in recipe_names()]
+        if unknown:
+            raise Invalid(METHOD, f"unknown method {', '.join(map(repr, unknown))}; known methods: {', '.join(recipe_names())}")
+        errors: list[dict[str, Any]] = []
+        shared = {name: value for name, value in data.items() if name != METHOD and name not in recipe_names()}
+        sections = {name: value for name, value in data.items() if name in recipe_names()}
+        known = {p for m in recipe_names() for p in get_recipe(m).params}
+        for name in shared:
+            if name not in known:
+                allowed = sorted({p for m in methods for p in get_recipe(m).params})
+                close = difflib.get_close_matches(name, sorted(known), n=1)
+                raise Invalid(name, f"unknown field {name!r}: no method has such a parameter; the parameters of this study's methods "
+                                    f"({', '.join(methods)}): {', '.join(allowed) or 'none'}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        parsed = {name: cls._spec(name, value, [m for m in recipe_names() if name in get_recipe(m).params], errors, (name,)) for name, value in shared.items()}
+        own: dict[str, dict[str, ParamSpec]] = {}
+        for method, section in sections.items():
+            if not isinstance(section, Mapping):
+                raise Invalid(method, f"a method's section maps its parameters to their values, e.g. {{{next(iter(get_recipe(method).params), 'name')}: ...}}")
+            for name, value in section.items():
+                if name not in get_recipe(method).params:
+                    raise Invalid(f"{method}.{name}", f"method {method} has no parameter {name!r}; its parameters: {', '.join(get_recipe(method).params) or 'none'}")
+            own[method] = {name: cls._spec(name, value, [method], errors, (method, name)) for name, value in section.items()}
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        for name, spec in parsed.items():
+            setattr(space, name, spec)
+        space._sections = own
+        return space
 
-    @field_validator("mask_ratio")
-    @classmethod
-    def _mask_ratio(cls, spec: ParamSpec) -> ParamSpec:
-        return _require(spec, lambda v: 0.0 < v < 1.0, "mask_ratio is a fraction of frames, strictly between 0 and 1")
+    @model_serializer(mode="wrap")
+    def _with_sections(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        dump = lambda spec: spec.model_dump(mode="json", by_alias=True) if isinstance(spec, BaseModel) else spec  # noqa: E731
+        return {**data, **{method: {name: dump(spec) for name, spec in section.items()} for method, section in self._sections.items()}}
 
-    @field_validator("pooling")
-    @classmethod
-    def _pooling(cls, spec: ParamSpec) -> ParamSpec:
-        return _require(spec, lambda v: v in POOLINGS, f"pooling must be one of {', '.join(POOLINGS)}")
+    @staticmethod
+    def _spec(name: str, value: Any, owners: list[str], errors: list[dict[str, Any]], loc: tuple[str, ...]) -> ParamSpec | None:
+        """``value`` validated as the kind of parameter ``name`` of the methods ``owners``, and against each of their rules."""
+        param = get_recipe(owners[0]).params[name]
+        try:
+            spec = _SPEC_ADAPTERS[param.kind].validate_python(value)
+        except ValidationError as err:
+            errors += [_relocated(e, loc) for e in err.errors()]
+            return None
+        for method in owners:
+            bad = [problem for v in _values(spec) if (problem := get_recipe(method).params[name].problem(v))]
+            if bad:
+                raise Invalid(".".join(loc), bad[0])
+        return spec
+
+    def methods(self) -> list[str]:
+        """The study's methods, in the order the file lists them."""
+        return list(self.method.choice) if isinstance(self.method, Choice) else [self.method]
 
     def params(self) -> dict[str, ParamSpec]:
-        """``{name: spec}`` in :data:`SEARCHED_PARAMS` order."""
-        return {name: getattr(self, name) for name in SEARCHED_PARAMS}
+        """Every shared parameter written in the space, by name."""
+        return {name: spec for name, spec in (self.__pydantic_extra__ or {}).items() if name not in recipe_names()}
 
-    def grid(self) -> dict[str, list[Any]] | None:
-        """``{name: values}`` when every parameter is fixed or a choice; None when one is a range."""
-        grid = {name: spec_values(spec) for name, spec in self.params().items()}
+    def ignored(self) -> list[str]:
+        """Parameters and sections the space writes for methods the study does not search (what ``--set search.space.method`` set aside)."""
+        methods = self.methods()
+        shared = [name for name in self.params() if not any(name in get_recipe(m).params for m in methods)]
+        return shared + [name for name in self._sections if name not in methods]
+
+    def method_params(self, method: str) -> dict[str, ParamSpec]:
+        """The parameters of ``method``: its own section's, else the shared ones, else fixed at the method's default."""
+        written = {**self.params(), **self._sections.get(method, {})}
+        return {name: written.get(name, param.default) for name, param in get_recipe(method).params.items()}
+
+    def grid(self, method: str) -> dict[str, list[Any]] | None:
+        """``{name: values}`` of ``method`` when every parameter of it is fixed or a choice; None when one is a range."""
+        grid = {name: spec_values(spec) for name, spec in self.method_params(method).items()}
         return None if any(values is None for values in grid.values()) else grid  # type: ignore[return-value]
 
+    def candidates(self) -> list[dict[str, Any]]:
+        """Every point of the grid, each ``{"method": ..., <its parameters>}``: the methods' grids one after the other."""
+        points = []
+        for method in self.methods():
+            grid = self.grid(method)
+            if grid is None:
+                raise ValueError(f"method {method} has a range among its parameters: it has no grid")
+            points += [{METHOD: method, **dict(zip(grid, values))} for values in itertools.product(*grid.values())]
+        return points
+
     def grid_size(self) -> int | None:
-        """Number of grid points (product of the choices); None when a parameter is a range."""
-        grid = self.grid()
-        if grid is None:
-            return None
-        size = 1
-        for values in grid.values():
-            size *= len(values)
-        return size
+        """Number of grid points (the sum over methods of the product of their choices); None when a parameter is a range."""
+        sizes = []
+        for method in self.methods():
+            grid = self.grid(method)
+            if grid is None:
+                return None
+            size = 1
+            for values in grid.values():
+                size *= len(values)
+            sizes.append(size)
+        return sum(sizes)
+
+    def _combinations(self, method: str) -> Iterator[dict[str, Any]]:
+        params = {name: _values(spec) if isinstance(spec, (Choice, IntRange, FloatRange)) else [spec] for name, spec in self.method_params(method).items()}
+        for values in itertools.product(*params.values()):
+            yield dict(zip(params, values))
 
     def layers(self) -> list[int]:
-        """Every layer the space can produce, sorted."""
-        spec = self.layer
-        return sorted(set(spec.values() if isinstance(spec, IntRange) else spec_values(spec)))  # type: ignore[arg-type]
+        """Every encoder layer a candidate of the space can read, sorted."""
+        return sorted({layer for method in self.methods() for combo in self._combinations(method) for layer in get_recipe(method).layers(combo)})
 
     def max_clusters(self) -> int:
-        return int(max(spec_extremes(self.clusters)))
+        """The largest k-means K a candidate of the space can fit (0 when no method clusters)."""
+        return max((get_recipe(method).max_clusters(combo) for method in self.methods() for combo in self._combinations(method)), default=0)
 
 
 class SearchSection(Strict):
@@ -213,7 +322,7 @@ class SearchSection(Strict):
     def _check(self) -> "SearchSection":
         if self.algorithm == "grid":
             for name, spec in self.space.params().items():
-                if isinstance(spec, (IntRange, FloatRange)):
+                if isinstance(spec, (IntRange, FloatRange)) and any(name in get_recipe(m).params for m in self.space.methods()):
                     kind = "an int" if isinstance(spec, IntRange) else "a float"
                     raise Invalid(
                         f"space.{name}",

@@ -21,13 +21,14 @@ import yaml
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from study.config.base import Invalid, Strict, StudyConfigError
-from study.config.sections import DataSection, ObjectiveSection, PhasesSection, ProtocolSection, ResourcesSection, StorageSection
+from study.config.sections import DataSection, ObjectiveSection, PhasesSection, ProtocolSection, RepeatsSection, ResourcesSection, StorageSection
 from study.config.space import SearchSection
+from trainables.recipes.registry import BASELINES, get_recipe, load_plugins
 from trainables.config import PhaseSettings, RayResources
 from trainables.data.folds import FoldError, FoldProtocol, build_fold
 from trainables.data.labels import classes_of
 from trainables.data.manifest import ManifestError, Utterance, fingerprint, read_manifest
-from trainables.phases.artifacts import PHASE_CODE_VERSION
+from trainables.phases.kinds import PHASE_KINDS
 
 if TYPE_CHECKING:
     from trainables.models.encoder import EncoderInfo
@@ -58,8 +59,9 @@ class StudyInputs:
 
 
 class StudyConfig(Strict):
-    """A whole study file, validated. Sections as in the module docstring."""
+    """A whole study file, validated. Sections as in :mod:`study.config.loading`."""
 
+    plugins: list[str] = Field(default_factory=list)
     name: str
     data: DataSection
     encoder: str
@@ -67,11 +69,34 @@ class StudyConfig(Strict):
     folds: list[int] | Literal["all"] = "all"
     phases: PhasesSection = Field(default_factory=PhasesSection)
     search: SearchSection
+    baselines: list[str] = Field(default_factory=list)
+    study: RepeatsSection = Field(default_factory=RepeatsSection)
     objective: ObjectiveSection = Field(default_factory=ObjectiveSection)
     resources: ResourcesSection = Field(default_factory=ResourcesSection)
     storage: StorageSection
 
     _source: str = PrivateAttr(default="<study config>")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _load_plugins(cls, data: Any) -> Any:
+        """Plugin modules register their recipes before the search space is checked against them."""
+        if isinstance(data, Mapping) and isinstance(data.get("plugins"), list) and all(isinstance(m, str) for m in data["plugins"]):
+            try:
+                load_plugins(data["plugins"])
+            except ImportError as err:
+                raise Invalid("plugins", str(err)) from None
+        return data
+
+    @field_validator("baselines")
+    @classmethod
+    def _baselines(cls, names: list[str]) -> list[str]:
+        unknown = [name for name in names if name not in BASELINES]
+        if unknown:
+            raise ValueError(f"unknown baseline {', '.join(map(repr, unknown))}; allowed: {', '.join(BASELINES)}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"{names} lists a baseline twice")
+        return names
 
     @model_validator(mode="before")
     @classmethod
@@ -121,13 +146,16 @@ class StudyConfig(Strict):
     @model_validator(mode="after")
     def _cross_check(self) -> "StudyConfig":
         kmeans = self.phases.kmeans
-        clusters = self.search.space.max_clusters()
-        if kmeans.max_fit_frames < clusters:
-            raise Invalid(
-                "phases.kmeans.max_fit_frames",
-                f"{kmeans.max_fit_frames} is below the largest K of search.space.clusters ({clusters}): "
-                f"k-means needs at least one fit frame per cluster; raise max_fit_frames or lower K",
-            )
+        wanted = [("search.space.clusters", self.search.space.max_clusters())]
+        if self.phases.tapt.pretrain == "masked":
+            wanted.append(("phases.tapt.pretrain_clusters", self.phases.tapt.pretrain_clusters))
+        for field_name, clusters in wanted:
+            if kmeans.max_fit_frames < clusters:
+                raise Invalid(
+                    "phases.kmeans.max_fit_frames",
+                    f"{kmeans.max_fit_frames} is below the largest K of {field_name} ({clusters}): "
+                    f"k-means needs at least one fit frame per cluster; raise max_fit_frames or lower K",
+                )
         if kmeans.backend == "cuml":
             if self.resources.executor == "local" and self.resources.gpus_per_fold <= 0:
                 raise Invalid("phases.kmeans.backend", "cuml needs a GPU, but executor local with gpus_per_fold 0 runs k-means on CPU: set resources.gpus_per_fold (e.g. 1) or backend sklearn")
@@ -198,12 +226,21 @@ class StudyConfig(Strict):
             "preset": self.phases.preset,
             "algorithm": self.search.algorithm,
             "test_sessions": self.fold_sessions(utterances),
+            "seeds": list(self.study.seeds),
+            "baselines": list(self.baselines),
+            "methods": {
+                name: {"title": get_recipe(name).title, "reconstructed": get_recipe(name).reconstructed}
+                for name in [*self.search.space.methods(), *self.baselines]
+            },
         }
 
     def advice(self) -> list[str]:
         """Legal but questionable choices, for the loader to log as warnings."""
         notes = []
         protocol = self.protocol()
+        ignored = self.search.space.ignored()
+        if ignored:
+            notes.append(f"search.space: {', '.join(ignored)} belong to methods this study does not search ({', '.join(self.search.space.methods())}); set aside")
         if not protocol.strict:
             notes.append(f"protocol is {protocol.describe()}; every report flags it")
         if self.objective.metric.startswith("test_"):
@@ -245,32 +282,38 @@ class StudyConfig(Strict):
             info = read_encoder_info(self.encoder)
         except EncoderError as err:
             raise self.error("encoder", str(err)) from None
-        for layer in sorted({min(self.embedding_layers()), max(self.embedding_layers())}):
+        for layer in sorted({min(self.embedding_layers(), default=0), max(self.embedding_layers(), default=0)}):
             try:
                 info.check_layer(layer, "search.space.layer")
             except EncoderError as err:
                 raise self.error("search.space.layer", str(err)) from None
+        tapt = self.phase_settings().tapt
+        if tapt.pretrain == "masked":
+            try:
+                info.check_layer(tapt.pretrain_layer, "phases.tapt.pretrain_layer")
+            except EncoderError as err:
+                raise self.error("phases.tapt.pretrain_layer", f"{err} (TAPT's masked pretraining clusters this layer of the pretrained encoder)") from None
         fit_frames = self._fit_frames(utterances, built, info)
-        self._check_clusters(fit_frames)
+        self._check_clusters(fit_frames, "search.space.clusters", self.search.space.max_clusters())
+        if tapt.pretrain == "masked":
+            self._check_clusters(fit_frames, "phases.tapt.pretrain_clusters", tapt.pretrain_clusters)
         return StudyInputs(utterances=utterances, folds=folds, encoder=info, fit_frames=fit_frames)
 
     def _fit_frames(self, utterances: Sequence[Utterance], built: Mapping[int, Any], info: "EncoderInfo") -> dict[int, int]:
         frames = {u.utt_id: info.frame_count(int(u.duration_s * info.sample_rate)) for u in utterances}
-        with_test = self.protocol_spec.unsupervised_audio == "train+test"
-        result = {}
-        for session, fold in built.items():
-            ids = list(fold.train.utt_ids) + list(fold.val.utt_ids) + (list(fold.test.utt_ids) if with_test else [])
-            result[session] = int(sum(frames[i] for i in ids))
-        return result
+        protocol = self.protocol()
+        return {session: int(sum(frames[i] for i in protocol.unsupervised_ids(fold))) for session, fold in built.items()}
 
-    def _check_clusters(self, fit_frames: Mapping[int, int]) -> None:
-        clusters = self.search.space.max_clusters()
+    def _check_clusters(self, fit_frames: Mapping[int, int], field: str, clusters: int) -> None:
+        """``clusters`` (the largest K of ``field``) against the frames k-means sees in each fold."""
+        if clusters <= 0:
+            return
         session, frames = min(fit_frames.items(), key=lambda item: item[1])
         sample = min(frames, self.phase_settings().kmeans.max_fit_frames)
         if clusters > frames:
-            raise self.error("search.space.clusters", f"K={clusters} exceeds the {frames} frames k-means sees in fold {session}: it needs at least one frame per cluster; lower K or use more data")
+            raise self.error(field, f"K={clusters} exceeds the {frames} frames k-means sees in fold {session}: it needs at least one frame per cluster; lower K or use more data")
         if clusters > SANE_MAX_CLUSTERS:
-            logger.warning("%s: search.space.clusters reaches K=%d, far beyond the method's range (50-150 in the paper)", self.source, clusters)
+            logger.warning("%s: %s reaches K=%d, far beyond the method's range (50-150 in the paper)", self.source, field, clusters)
         if sample < MIN_FRAMES_PER_CLUSTER * clusters:
             logger.warning("%s: K=%d leaves %.1f fit frames per cluster in fold %d (fewer than %d): the centroids will be noisy", self.source, clusters, sample / clusters, session, MIN_FRAMES_PER_CLUSTER)
 
@@ -290,5 +333,5 @@ def code_version() -> str:
         version = metadata.version("ser-study")
     except metadata.PackageNotFoundError:
         version = "unknown"
-    phases = " ".join(f"{phase}={number}" for phase, number in PHASE_CODE_VERSION.items())
+    phases = " ".join(f"{phase}={kind.version}" for phase, kind in PHASE_KINDS.items())
     return f"ser-study {version} (phases {phases})"

@@ -6,6 +6,7 @@
                                        storage.cache_dir: then <study_dir>/cache.location names it)
     <study_dir>/cache/events/          one small file per cache hit or build (accounting)
     <study_dir>/trials/<trial_id>.json one record per trial (params, folds, metrics)
+    <study_dir>/baselines/<name>.json  one record per baseline, as a trial's
     <study_dir>/mlflow.db              the local MLflow store (SQLite); artifacts in mlartifacts/
     <study_dir>/report/                the report's tables and plots
 
@@ -88,6 +89,15 @@ def cache_dir(study_dir: str | Path) -> StudyPath:
 def artifact_location(cache_root: str | Path, phase: str, key: str) -> StudyPath:
     """Where a phase cache keeps an artifact for good: ``<cache_root>/<phase>/<key>`` (a URI for a remote cache)."""
     return _join(cache_root, phase, key)
+
+
+def baselines_dir(study_dir: str | Path) -> StudyPath:
+    return _join(study_dir, "baselines")
+
+
+def baseline_record(study_dir: str | Path, name: str) -> StudyPath:
+    """The record of the baseline ``name`` (``finetune``, ``tapt``, ``egemaps``): like a trial's, outside the search."""
+    return _join(study_dir, "baselines", f"{name}.json")
 
 
 def trials_dir(study_dir: str | Path) -> StudyPath:

@@ -1,4 +1,8 @@
-"""Trial records: one JSON file per trial in ``<study_dir>/trials/`` (the source of truth of the report and the audit)."""
+"""Trial and baseline records: one JSON file each, the source of truth of the report and the audit.
+
+Trials live in ``<study_dir>/trials/<trial_id>.json``, baselines in
+``<study_dir>/baselines/<name>.json``; a record's ``kind`` says which.
+"""
 
 from __future__ import annotations
 
@@ -20,8 +24,25 @@ def load_record(study_dir: str, trial_id: str) -> dict[str, Any] | None:
 
 
 def save_record(study_dir: str, record: dict[str, Any]) -> None:
-    """Write a trial's record (local: temporary file renamed into place; object store: one PUT)."""
-    storage.write_text(layout.trial_record(study_dir, record["trial_id"]), json.dumps(record, indent=2))
+    """Write a trial's or a baseline's record (local: temporary file renamed into place; object store: one PUT)."""
+    if record.get("kind") == "baseline":
+        target = layout.baseline_record(study_dir, record["method"])
+    else:
+        target = layout.trial_record(study_dir, record["trial_id"])
+    storage.write_text(target, json.dumps(record, indent=2))
+
+
+def load_baseline_record(study_dir: str | Path, name: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(storage.read_text(layout.baseline_record(study_dir, name)))
+    except FileNotFoundError:
+        return None
+
+
+def read_baseline_records(study_dir: str | Path) -> list[dict[str, Any]]:
+    """Every baseline record of a study, by name."""
+    texts = storage.read_texts(storage.list_files(layout.baselines_dir(study_dir), suffix=".json"))
+    return sorted((json.loads(text) for text in texts if text is not None), key=lambda r: r.get("method", ""))
 
 
 def read_trial_records(study_dir: str | Path) -> list[dict[str, Any]]:

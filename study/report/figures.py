@@ -17,7 +17,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from study.report.model import Report, as_float, better, finite, group_cells, sort_value
+from study.report.compare import pair_key
+from study.report.model import PAPER_METHOD, Report, as_float, better, finite, group_cells, sort_value
 from study.report.text import describe_params, param_text
 from trainables.atomic import atomic_file
 
@@ -92,7 +93,7 @@ def confusion_figure(matrix: np.ndarray | Sequence[Sequence[int]], classes: Sequ
 
 def heatmap_figure(report: Report, pooling: str) -> Figure | None:
     """Test UA mean over layer x clusters for one pooling (best trial by the objective per cell)."""
-    cells = group_cells([t for t in report.trials if str(t.params.get("pooling")) == pooling], ("layer", "clusters"), report.objective_mode)
+    cells = group_cells([t for t in report.of_method(PAPER_METHOD) if str(t.params.get("pooling")) == pooling], ("layer", "clusters"), report.objective_mode)
     values = {key: cell.ua_mean for key, by_pooling in cells.items() for cell in by_pooling.values()}
     if not any(finite(v) for v in values.values()):
         return None
@@ -138,6 +139,27 @@ def folds_figure(report: Report) -> Figure | None:
     ax.set_ylim(0, 100)
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(f"Best: {describe_params(best.params)}", fontsize=9)
+    return figure
+
+
+def paired_folds_figure(report: Report) -> Figure | None:
+    """Test UA per fold (and seed) of the best candidate and of each baseline, the points of one fold joined: the paired comparison drawn."""
+    best = report.best
+    if best is None or not best.folds or not report.baselines:
+        return None
+    keys = sorted({pair_key(fold) for fold in best.folds})
+    labels = [f"s{session}" + (f"/seed {seed}" if len({k[1] for k in keys}) > 1 else "") for session, seed in keys]
+    series = [("best: " + describe_params(best.params), best)] + [(b.method, b) for b in report.baselines]
+    figure = new_figure(max(5.0, 0.9 * len(series) + 4.0), 4.0)
+    ax = figure.subplots()
+    for index, key in enumerate(keys):
+        points = [100 * as_float(next(((f.get("test") or {}).get("ua") for f in record.folds if pair_key(f) == key), math.nan)) for _, record in series]
+        ax.plot(range(len(series)), points, color="grey", alpha=0.5, zorder=1)
+        ax.scatter(range(len(series)), points, zorder=2, label=labels[index])
+    ax.set_xticks(range(len(series)), [name if len(name) < 28 else name[:25] + "..." for name, _ in series], rotation=15, fontsize=8)
+    ax.set_ylabel("test UA (%)")
+    ax.legend(title="fold", fontsize=7, loc="best")
+    ax.set_title(f"{report.name}: test UA per fold, best candidate and baselines", fontsize=9)
     return figure
 
 

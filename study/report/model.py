@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
+from study.report.compare import Comparison, compare
 from trainables.metrics import aggregate
 
 logger = logging.getLogger(__name__)
@@ -22,6 +23,8 @@ T = TypeVar("T")
 SPLITS = ("val", "test")
 FOLD_KEYS = ("ua", "wa", "macro_f1")
 DEFAULT_OBJECTIVE = {"metric": "val_ua_mean", "mode": "max"}
+#: The method of the paper table (layer x K rows, a column per pooling).
+PAPER_METHOD = "alignment"
 AGG_METRIC = re.compile(r"^(val|test)_(ua|wa|macro_f1)_(mean|std)$")
 MISSING = "-"
 
@@ -51,6 +54,21 @@ class TrialSummary:
     @property
     def complete(self) -> bool:
         return self.status == "complete"
+
+    @property
+    def method(self) -> str:
+        """The method the record scored (records made before methods existed: the paper's, ``alignment``)."""
+        return str(self.record.get("method") or self.params.get("method") or PAPER_METHOD)
+
+    @property
+    def reconstructed(self) -> bool:
+        """The method is known only from its abstract (every report flags it)."""
+        return bool(self.record.get("reconstructed"))
+
+    @property
+    def searched(self) -> dict[str, Any]:
+        """The parameters of its method, without the method's name."""
+        return {k: v for k, v in self.params.items() if k != "method"}
 
     @property
     def folds(self) -> list[dict[str, Any]]:
@@ -108,6 +126,16 @@ class Report:
     messages: list[str]
     study: dict[str, Any] = field(repr=False)
     audit: str | None = None  # the leakage audit's verdict over the trials that carry one
+    baselines: list[TrialSummary] = field(default_factory=list)
+    #: trial id -> baseline name -> metric ("ua", "wa") -> the paired comparison of test scores
+    comparisons: dict[str, dict[str, dict[str, Comparison]]] = field(default_factory=dict)
+
+    def methods(self) -> list[str]:
+        """The methods of the trials, in the order they first appear."""
+        return list(dict.fromkeys(t.method for t in sorted(self.trials, key=lambda t: t.order)))
+
+    def of_method(self, method: str) -> list[TrialSummary]:
+        return [t for t in self.trials if t.method == method]
 
     def counts(self) -> dict[str, int]:
         """Number of trials per status."""
@@ -262,23 +290,10 @@ def group_cells(trials: Sequence[TrialSummary], fields: tuple[str, ...], mode: s
     return cells
 
 
-def build_report(trials: list[dict], study: dict) -> Report:
-    """Summarise ``trials`` (trial records) of ``study`` (study metadata) into a :class:`Report`.
-
-    The paper table has one row per (layer, clusters) -- plus mask_ratio when the
-    trials do not all share one -- and one column per pooling; a cell shows test
-    UA and WA, mean ± std over folds. Where several trials fall into one cell, a
-    complete one is preferred, then the best by the objective. The best
-    configuration is chosen by the study objective among complete trials only.
-    """
-    objective = {**DEFAULT_OBJECTIVE, **(study.get("objective") or {})}
-    metric = str(objective["metric"])
-    mode = str(objective["mode"]).lower()
-    if mode not in ("max", "min"):
-        raise ValueError(f"objective mode must be 'max' or 'min', got {objective['mode']!r}")
-    order = _completion_order(trials)
+def _summaries(records: Sequence[dict], study: Mapping[str, Any], metric: str) -> list[TrialSummary]:
+    order = _completion_order(records)
     summaries: list[TrialSummary] = []
-    for index, record in enumerate(trials):
+    for index, record in enumerate(records):
         strict, description = _protocol_of(record, study)
         metrics = trial_metrics(record)
         folds = record.get("folds") or []
@@ -298,6 +313,32 @@ def build_report(trials: list[dict], study: dict) -> Report:
                 record=record,
             )
         )
+    return summaries
+
+
+def build_report(trials: list[dict], study: dict, baselines: Sequence[dict] = ()) -> Report:
+    """Summarise ``trials`` (trial records) and ``baselines`` (baseline records) of ``study`` (study metadata) into a :class:`Report`.
+
+    The paper table (trials of the paper's method, ``alignment``) has one row
+    per (layer, clusters) -- plus mask_ratio when the trials do not all share
+    one -- and one column per pooling; a cell shows test UA and WA, mean ± std
+    over folds. Where several trials fall into one cell, a complete one is
+    preferred, then the best by the objective. The best configuration is chosen
+    by the study objective among complete trials only, whatever their method.
+    Every trial is compared with every baseline, fold by fold (:mod:`study.report.compare`).
+    """
+    objective = {**DEFAULT_OBJECTIVE, **(study.get("objective") or {})}
+    metric = str(objective["metric"])
+    mode = str(objective["mode"]).lower()
+    if mode not in ("max", "min"):
+        raise ValueError(f"objective mode must be 'max' or 'min', got {objective['mode']!r}")
+    summaries = _summaries(trials, study, metric)
+    baseline_summaries = _summaries(list(baselines), study, metric)
+    comparisons = {
+        trial.trial_id: {base.method: {m: compare(trial.folds, base.folds, m) for m in ("ua", "wa")} for base in baseline_summaries if base.folds}
+        for trial in summaries
+        if trial.folds
+    }
 
     messages: list[str] = []
     complete = [t for t in summaries if t.complete]
@@ -310,7 +351,7 @@ def build_report(trials: list[dict], study: dict) -> Report:
         messages.append(f"No complete trial has a value for the objective {metric!r}: there is no best configuration.")
 
     study_strict, study_description = _protocol_of({}, study) if study.get("protocol") else (True, "")
-    not_strict = [t.trial_id for t in summaries if not t.strict]
+    not_strict = [t.trial_id for t in summaries + baseline_summaries if not t.strict]
     strict = study_strict and not not_strict
     if best is not None:
         protocol_line = best.protocol
@@ -320,9 +361,9 @@ def build_report(trials: list[dict], study: dict) -> Report:
         protocol_line = summaries[0].protocol if summaries else "unknown"
 
     fields: tuple[str, ...] = ("layer", "clusters")
-    if _mask_ratio_varies(t for t in summaries if t.folds):
+    if _mask_ratio_varies(t for t in summaries if t.folds and t.method == PAPER_METHOD):
         fields = fields + ("mask_ratio",)
-    cells = group_cells(summaries, fields, mode)
+    cells = group_cells([t for t in summaries if t.method == PAPER_METHOD], fields, mode)
     table = [TableRow(key=key, cells=cells[key]) for key in sorted(cells, key=lambda k: tuple(sort_value(v) for v in k))]
     poolings = sorted({pooling for row in table for pooling in row.cells})
 
@@ -342,19 +383,28 @@ def build_report(trials: list[dict], study: dict) -> Report:
         best=best,
         messages=messages,
         study=dict(study),
-        audit=audit_line(trials),
+        audit=audit_line(trials, baselines),
+        baselines=baseline_summaries,
+        comparisons=comparisons,
     )
 
 
-def audit_line(trials: Sequence[dict]) -> str | None:
-    """One line on the leakage audits of the trials (``record["audit"]``, see :mod:`study.audit.checks`)."""
-    audits = [t["audit"] for t in trials if t.get("audit")]
-    if not audits:
+def audit_line(trials: Sequence[dict], baselines: Sequence[dict] = ()) -> str | None:
+    """One line on the leakage audits of the trials and the baselines (``record["audit"]``, see :mod:`study.audit.checks`)."""
+
+    def verdicts(records: Sequence[dict]) -> tuple[str, list[dict]]:
+        audits = [r["audit"] for r in records if r.get("audit")]
+        counts = collections.Counter(a.get("verdict", "?") for a in audits)
+        return ", ".join(f"{n} {v}" for v, n in sorted(counts.items())), audits
+
+    trial_text, trial_audits = verdicts(trials)
+    baseline_text, baseline_audits = verdicts(baselines)
+    if not trial_audits and not baseline_audits:
         return None
-    verdicts = collections.Counter(a.get("verdict", "?") for a in audits)
-    shared = sorted({s for a in audits for s in a.get("shared", [])})
-    text = ", ".join(f"{n} {v}" for v, n in sorted(verdicts.items()))
-    return f"{text} (of {len(audits)} audited trials)" + (f"; shared: {'; '.join(shared)}" if shared else "")
+    shared = sorted({s for a in trial_audits + baseline_audits for s in a.get("shared", [])})
+    parts = [f"{trial_text} (of {len(trial_audits)} audited trials)"] if trial_audits else []
+    parts += [f"baselines: {baseline_text} (of {len(baseline_audits)})"] if baseline_audits else []
+    return "; ".join(parts) + (f"; shared: {'; '.join(shared)}" if shared else "")
 
 
 def best_trial(trials: Sequence[dict], metric: str = "val_ua_mean", mode: str = "max") -> dict | None:

@@ -47,7 +47,6 @@ from study.tracking.store import (
 from study.report.figures import confusion_figure, write_png
 from study.report.model import finite, trial_metrics
 from trainables.data.manifest import Utterance, fingerprint
-from trainables.phases.artifacts import PHASES
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +61,8 @@ STUDY_DIR_TAG = "ser_study.study_dir"
 SESSION_TAG = "ser_study.test_session"
 PARENT_TAG = "mlflow.parentRunId"
 SUMMARY_RUN_NAME = "study-summary"
+#: The names of the candidate's own parameters among a run's params (the rest are the flattened fixed settings).
+PARAMS_TAG = "ser_study.params"
 #: MLflow allows 8000 characters in a tag.
 _MAX_TAG_CHARS = 5000
 
@@ -80,6 +81,7 @@ def start_trial(
     *,
     fixed: Mapping[str, Any] | None = None,
     artifact_location: str | None = None,
+    kind: str = "trial",
 ) -> str:
     """Open (or reopen) the MLflow run of trial ``trial_id``; return its run id.
 
@@ -92,8 +94,8 @@ def start_trial(
     experiment_id = ensure_experiment(uri, experiment, artifact_location)
     all_params = flatten(dict(fixed or {}))
     all_params.update(flatten(dict(params)))
-    all_tags = {**{str(k): v for k, v in (tags or {}).items()}, KIND_TAG: "trial", TRIAL_ID_TAG: str(trial_id), STATUS_TAG: "running"}
-    existing = search_runs(client, experiment_id, f"tags.`{KIND_TAG}` = 'trial' AND tags.`{TRIAL_ID_TAG}` = {quote(trial_id)}", ["attributes.start_time DESC"])
+    all_tags = {**{str(k): v for k, v in (tags or {}).items()}, KIND_TAG: kind, TRIAL_ID_TAG: str(trial_id), STATUS_TAG: "running", PARAMS_TAG: ",".join(params)}
+    existing = search_runs(client, experiment_id, f"tags.`{KIND_TAG}` = {quote(kind)} AND tags.`{TRIAL_ID_TAG}` = {quote(trial_id)}", ["attributes.start_time DESC"])
     if existing:
         run_id = existing[0].info.run_id
         logger.info("trial %s: reopening MLflow run %s", trial_id, run_id)
@@ -139,10 +141,9 @@ def _history_metrics(history: Mapping[str, Any], timestamp: int) -> list[Any]:
 
 
 def _phases(fold: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """The fold's steps it built, and those it found cached, in chain order."""
     built = [str(p) for p in fold.get("built") or []]
-    known = list(fold.get("artifacts") or {})
-    ordered = [p for p in PHASES if p in known] + [p for p in known if p not in PHASES]
-    return built, [p for p in ordered if p not in built]
+    return built, [step for step in fold.get("artifacts") or {} if step not in built]
 
 
 def _fold_artifacts(directory: Path, fold: Mapping[str, Any], classes: Sequence[str]) -> list[Path]:
@@ -332,9 +333,9 @@ class TrialTracker:
             logger.exception("MLflow tracking failed (%s); the trial goes on", what)
             return None
 
-    def start(self, trial_id: str, params: Mapping[str, Any], tags: Mapping[str, Any] | None = None, fixed: Mapping[str, Any] | None = None) -> str | None:
-        """Open the trial's run (see :func:`start_trial`)."""
-        self.run_id = self._guard("start", start_trial, self.uri, self.experiment, trial_id, params, tags, fixed=fixed, artifact_location=self.artifact_location)
+    def start(self, trial_id: str, params: Mapping[str, Any], tags: Mapping[str, Any] | None = None, fixed: Mapping[str, Any] | None = None, kind: str = "trial") -> str | None:
+        """Open the trial's (or a baseline's, ``kind="baseline"``) run (see :func:`start_trial`)."""
+        self.run_id = self._guard("start", start_trial, self.uri, self.experiment, trial_id, params, tags, fixed=fixed, artifact_location=self.artifact_location, kind=kind)
         return self.run_id
 
     def log_fold(self, fold_record: Mapping[str, Any], classes: Sequence[str]) -> str | None:

@@ -8,9 +8,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from study.config.space import SEARCHED_PARAMS
 from study.report.model import AGG_METRIC, Report, best_of, finite
-from study.tracking.runs import KIND_TAG, PARENT_TAG, STATUS_TAG, STUDY_DIR_TAG, STUDY_TAG, SUMMARY_RUN_NAME, TRIAL_ID_TAG
+from study.tracking.runs import KIND_TAG, PARAMS_TAG, PARENT_TAG, STATUS_TAG, STUDY_DIR_TAG, STUDY_TAG, SUMMARY_RUN_NAME, TRIAL_ID_TAG
 from study.tracking.store import ensure_experiment, flatten, get_client, log_batch, log_params_once, make_metric, quote, remember_run_uri, search_runs, with_retries
 
 logger = logging.getLogger(__name__)
@@ -115,7 +114,8 @@ def _summary_from_runs(client: Any, experiment_id: str, metric: str, mode: str) 
     if best is not None:
         tags["best.trial_id"] = best.data.tags.get(TRIAL_ID_TAG, "")
         tags["best.run_id"] = best.info.run_id
-        tags.update({f"best.{name}": best.data.params[name] for name in SEARCHED_PARAMS if name in best.data.params})
+        own = [name for name in best.data.tags.get(PARAMS_TAG, "").split(",") if name]
+        tags.update({f"best.{name}": best.data.params[name] for name in own if name in best.data.params})
         metrics += [make_metric(f"best_{k}", v, step, timestamp) for k, v in sorted(best.data.metrics.items()) if AGG_METRIC.match(k) and finite(v)]
         metrics.append(make_metric("best_objective", best.data.metrics[metric], step, timestamp))
     if any(r.data.tags.get("strict") == "false" for r in runs):
@@ -147,3 +147,34 @@ def retire_lost_trials(uri: str, experiment: str, study_dir: str, known_trial_id
 
 
 # ----------------------------------------------------------------------------
+
+
+def log_comparisons(uri: str, experiment: str, report: Report) -> int:
+    """Log every trial's paired comparison with each baseline on its run: ``delta_test_<ua|wa>_vs_<baseline>`` (and ``_low``, ``_high``).
+
+    Baselines may finish after a trial, so the deltas are logged when the
+    report is written (again at each report: the latest values win). Returns
+    the number of runs updated.
+    """
+    if not report.comparisons:
+        return 0
+    client = get_client(uri)
+    experiment_id = ensure_experiment(uri, experiment)
+    runs = {run.data.tags.get(TRIAL_ID_TAG): run for run in search_runs(client, experiment_id, f"tags.`{KIND_TAG}` = 'trial'")}
+    timestamp = int(time.time() * 1000)
+    updated = 0
+    for trial_id, by_baseline in report.comparisons.items():
+        run = runs.get(trial_id)
+        if run is None:
+            continue
+        metrics = []
+        for baseline, by_metric in by_baseline.items():
+            for metric, comparison in by_metric.items():
+                name = f"delta_test_{metric}_vs_{baseline}"
+                for suffix, value in (("", comparison.mean), ("_low", comparison.low), ("_high", comparison.high)):
+                    if finite(value):
+                        metrics.append(make_metric(name + suffix, value, 0, timestamp))
+        if metrics:
+            log_batch(client, run.info.run_id, metrics)
+            updated += 1
+    return updated

@@ -10,7 +10,6 @@ from study.cache.store import ArtifactCache
 from study.config.loading import load_resolved_study
 from study.config.study import StudyConfig
 from study.io import layout
-from trainables.config import Candidate
 from trainables.data.manifest import read_manifest
 
 #: Attempts after the first for a fold whose worker process or node died (a preempted node, the OOM killer).
@@ -19,14 +18,14 @@ from trainables.data.manifest import read_manifest
 FOLD_TASK_RETRIES = 2
 
 
-def run_fold(study_dir: str, test_session: int, candidate: Candidate) -> dict[str, Any]:
-    """One fold's chain (runs as a Ray task). Returns :meth:`~study.cache.chain.FoldResult.to_dict`."""
+def run_fold(study_dir: str, test_session: int, method: str, params: dict[str, Any], seed: int = 0) -> dict[str, Any]:
+    """One fold's chain of ``method`` with ``params`` (runs as a Ray task). Returns :meth:`~study.cache.chain.FoldResult.to_dict`."""
     import ray
 
     from study.cache.chain import run_fold_chain
     from trainables.executors import make_executor
 
-    study = load_resolved_study(study_dir)
+    study = load_resolved_study(study_dir)  # imports the study's plugins: their recipes are known here too
     utterances = read_manifest(study.data.manifest)
     cache_root = str(layout.cache_dir(study_dir))  # a URI for a remote study: artifacts are copied to this node's local cache
     # The task id is the same in every attempt of this task: a retry holds the lease its dead attempt held.
@@ -37,13 +36,15 @@ def run_fold(study_dir: str, test_session: int, candidate: Candidate) -> dict[st
         utterances,
         test_session,
         study.protocol(),
-        candidate,
+        method,
+        params,
         study.phase_settings(),
         study.encoder,
         study.classes(utterances),
         cache,
         executor,
         embed_layers=study.embedding_layers(),
+        seed=seed,
     )
     return result.to_dict()
 

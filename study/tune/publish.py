@@ -1,4 +1,4 @@
-"""The study report from the study directory alone: trial records -> tables, plots, MLflow summary."""
+"""The study report from the study directory alone: trial and baseline records -> tables, plots, the MLflow summary and each trial run's paired comparisons."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 
 from study.config.loading import load_resolved_study
 from study.io import layout, storage
-from study.io.records import read_trial_records
+from study.io.records import read_baseline_records, read_trial_records
 from study.report.files import write_report
 from study.report.model import build_report
 from study.report.text import format_report
-from study.tracking.summary import log_study_summary
+from study.tracking.summary import log_comparisons, log_study_summary
 from trainables.data.manifest import read_manifest
 
 logger = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ def write_study_report(study_dir: str | Path, log_to_mlflow: bool = True) -> str
     config = load_resolved_study(study_dir)
     utterances = read_manifest(config.data.manifest)
     study = config.report_metadata(utterances)
-    report = build_report(read_trial_records(study_dir), study)
+    report = build_report(read_trial_records(study_dir), study, read_baseline_records(study_dir))
     text = format_report(report)
     remote = layout.is_remote(study_dir)
     with contextlib.ExitStack() as stack:
@@ -35,4 +35,5 @@ def write_study_report(study_dir: str | Path, log_to_mlflow: bool = True) -> str
             storage.upload_tree(out, layout.report_dir(study_dir))
         if log_to_mlflow:  # while the files still exist
             log_study_summary(config.tracking_uri(), config.name, study, files, report=report)
+            log_comparisons(config.tracking_uri(), config.name, report)
     return text

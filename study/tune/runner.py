@@ -18,6 +18,7 @@ from study.config.study import StudyConfig
 from study.cache.leases import get_coordinator
 from study.errors import UserError
 from study.tune.preflight import check_mlflow_server, check_ray_address
+from study.tune.baselines import start_baselines
 from study.tune.publish import write_study_report
 from study.tracking.summary import retire_lost_trials
 from study.io.records import set_aside_lost_records
@@ -165,10 +166,12 @@ def resume_study(study_dir: str | Path, address: str | None = None) -> tune.Resu
 
 
 def _drive(study_dir: str | Path, address: str | None, make_tuner: Callable[[], tune.Tuner]) -> tune.ResultGrid:
-    """Join or start Ray, start the study's cache coordinator, run the tuner to the end, write the report."""
+    """Join or start Ray, start the study's cache coordinator and its baselines, run the tuner to the end, write the report."""
     connect_ray(address)
     get_coordinator(str(layout.cache_dir(study_dir)))
+    baselines = start_baselines(str(study_dir))  # beside the search, sharing its cache and its cluster
     results = make_tuner().fit()
+    baselines.join()
     _forget_lost_trials(study_dir, results)
     write_study_report(study_dir)
     return results

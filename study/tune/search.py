@@ -5,13 +5,13 @@
 * :func:`make_scheduler` gives ``None`` or a ``MedianStoppingRule`` on
   ``val_ua_running_mean`` with ``folds_done`` as time.
 
-The space is a dict of Optuna distributions, one per searched parameter: a
-choice is a ``CategoricalDistribution``, an ``{int: ...}`` range an
-``IntDistribution``, a ``{float: ...}`` range a ``FloatDistribution``, and a
-**fixed value a one-element** ``CategoricalDistribution``. Fixed values go
-through Optuna rather than Tune's ``param_space`` so that every suggestion (and
-every Optuna trial) carries all four hyperparameters, the grid sampler's grid
-covers the same names as the space, and the trainable reads one flat config.
+The space is Optuna's define-by-run (:class:`DefineByRun`): the method first,
+then only that method's parameters, each an Optuna distribution: a choice is a
+``CategoricalDistribution``, an ``{int: ...}`` range an ``IntDistribution``, a
+``{float: ...}`` range a ``FloatDistribution``, and a **fixed value a
+one-element** ``CategoricalDistribution``, so that every Optuna trial carries
+all its method's parameters and the trainable reads one flat config
+(``{"method": ..., <parameters>}``). A grid walks the methods' candidates once each.
 
 Why a subclass of ``OptunaSearch``: when a Tune scheduler stops a trial early,
 Tune calls ``on_trial_complete`` with the trial's last (partial) result, and
@@ -49,7 +49,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from study.config.base import StudyConfigError
-from study.config.space import Choice, FloatRange, IntRange, ParamSpec
+from study.config.space import CANDIDATE, METHOD, Choice, FloatRange, IntRange, ParamSpec
 from study.config.study import StudyConfig
 
 logger = logging.getLogger(__name__)
@@ -73,33 +73,75 @@ def distribution(spec: ParamSpec) -> BaseDistribution:
     return CategoricalDistribution([spec])
 
 
-def optuna_space(config: StudyConfig) -> dict[str, BaseDistribution]:
-    """``{layer, clusters, mask_ratio, pooling}`` as Optuna distributions."""
-    return {name: distribution(spec) for name, spec in config.search.space.params().items()}
+def _method(config: StudyConfig, method: str | None) -> str:
+    return method or config.search.space.methods()[0]
 
 
-def grid_points(config: StudyConfig) -> dict[str, list[Any]]:
-    """The grid (``{name: values}``) of a space whose parameters are all fixed or choices."""
-    grid = config.search.space.grid()
+def optuna_space(config: StudyConfig, method: str | None = None) -> dict[str, BaseDistribution]:
+    """The parameters of ``method`` (default: the study's first) as Optuna distributions."""
+    return {name: distribution(spec) for name, spec in config.search.space.method_params(_method(config, method)).items()}
+
+
+def grid_points(config: StudyConfig, method: str | None = None) -> dict[str, list[Any]]:
+    """The grid (``{name: values}``) of ``method`` (default: the study's first), whose parameters are all fixed or choices."""
+    method = _method(config, method)
+    grid = config.search.space.grid(method)
     if grid is None:
-        ranges = [name for name, spec in config.search.space.params().items() if isinstance(spec, (IntRange, FloatRange))]
+        ranges = [name for name, spec in config.search.space.method_params(method).items() if isinstance(spec, (IntRange, FloatRange))]
         raise config.error(f"search.space.{ranges[0]}", "is a range: a grid needs every parameter fixed or a choice")
     return grid
 
 
 def grid_size(config: StudyConfig) -> int:
-    """Number of grid points of the space (product of the choices' lengths)."""
-    size = 1
-    for values in grid_points(config).values():
-        size *= len(values)
-    return size
+    """Number of grid points of the space: the sum over the study's methods of the product of their choices."""
+    for method in config.search.space.methods():
+        grid_points(config, method)  # a range is an error naming it
+    return int(config.search.space.grid_size() or 0)
+
+
+class DefineByRun:
+    """The search space as Optuna's define-by-run function: a method first, then only that method's parameters.
+
+    TPE: ``method`` is suggested when the study has several (else fixed), then
+    each parameter of the chosen method (a fixed one as a one-element
+    categorical, so every Optuna trial carries all its method's parameters).
+    Grid: one ``candidate`` index into :meth:`SearchSpace.candidates` (the
+    methods' grids one after the other), which Optuna's grid sampler walks
+    through once in a seeded order; the candidate's parameters are returned
+    as constants. A plain class, not a closure, so the searcher's state pickles.
+    """
+
+    def __init__(self, config: StudyConfig):
+        space = config.search.space
+        self.methods = space.methods()
+        self.grid = config.search.algorithm == "grid"
+        self.candidates = space.candidates() if self.grid else []
+        self.spaces = {} if self.grid else {method: optuna_space(config, method) for method in self.methods}
+
+    def grid_space(self) -> dict[str, list[int]]:
+        """The grid sampler's own space: the candidate indices."""
+        return {CANDIDATE: list(range(len(self.candidates)))}
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        if self.grid:
+            return dict(self.candidates[trial.suggest_categorical(CANDIDATE, list(range(len(self.candidates))))])
+        method = trial.suggest_categorical(METHOD, self.methods) if len(self.methods) > 1 else self.methods[0]
+        for name, dist in self.spaces[method].items():
+            if isinstance(dist, CategoricalDistribution):
+                trial.suggest_categorical(name, dist.choices)
+            elif isinstance(dist, IntDistribution):
+                trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+            else:
+                trial.suggest_float(name, dist.low, dist.high, log=dist.log)
+        return {METHOD: method}
 
 
 def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
-    """``TPESampler`` (seeded, constant liar for concurrent trials) or a seeded ``GridSampler``."""
+    """``TPESampler`` (seeded, constant liar for concurrent trials) or a seeded ``GridSampler`` over the candidates."""
     search = config.search
     if search.algorithm == "grid":
-        return optuna.samplers.GridSampler(grid_points(config), seed=search.seed)
+        grid_size(config)  # a range is an error naming it
+        return optuna.samplers.GridSampler(DefineByRun(config).grid_space(), seed=search.seed)
     with warnings.catch_warnings():  # constant_liar is experimental in Optuna 4 (stable in 5)
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=search.startup_trials, constant_liar=True)
@@ -197,7 +239,7 @@ class CompleteOnlyOptunaSearch(OptunaSearch):
 def make_searcher(config: StudyConfig) -> CompleteOnlyOptunaSearch:
     """The Optuna searcher of ``config``, not yet concurrency-limited."""
     return CompleteOnlyOptunaSearch(
-        space=optuna_space(config),
+        space=DefineByRun(config),
         metric=config.objective.metric,
         mode=config.objective.mode,
         sampler=make_sampler(config),

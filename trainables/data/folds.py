@@ -23,8 +23,9 @@ UNSUPERVISED_AUDIO = ("train", "train+test")
 class Validation(str, Enum):
     """Where a fold's validation utterances come from."""
 
-    STRATIFIED = "stratified"  # a label-stratified fraction of the training sessions (strict; default)
-    TRAIN_SPEAKER = "train_speaker"  # one whole speaker of the training sessions (strict)
+    SPEAKERS = "speakers"  # whole speakers of the training sessions, chosen by seed (strict, speaker-independent; default)
+    STRATIFIED = "stratified"  # a label-stratified fraction of the training sessions (strict; shares speakers with training)
+    TRAIN_SPEAKER = "train_speaker"  # one named (or seeded) speaker of the training sessions (strict)
     TEST_SESSION_SPEAKER = "test_session_speaker"  # one speaker of the test session (published code; not strict)
 
 
@@ -33,8 +34,8 @@ class FoldSpec:
     """How to split the manifest for one fold."""
 
     test_session: int
-    validation: Validation = Validation.STRATIFIED
-    val_fraction: float = 0.1  # of each class in the training sessions, for STRATIFIED
+    validation: Validation = Validation.SPEAKERS
+    val_fraction: float = 0.1  # SPEAKERS: of the training speakers (at least one); STRATIFIED: of each class in the training sessions
     val_speaker: str | None = None  # e.g. "Ses02F" for TRAIN_SPEAKER, gender "F"/"M" for TEST_SESSION_SPEAKER; None: chosen by seed
     seed: int = 0
 
@@ -83,7 +84,7 @@ class Fold:
 class FoldProtocol:
     """How folds are split and which audio the unsupervised phases may see."""
 
-    validation: Validation = Validation.STRATIFIED
+    validation: Validation = Validation.SPEAKERS
     val_fraction: float = 0.1
     val_speaker: str | None = None
     # "train": embeddings, k-means and CPT see the training sessions only (strict).
@@ -104,6 +105,22 @@ class FoldProtocol:
     def fold_spec(self, test_session: int) -> FoldSpec:
         return FoldSpec(test_session, Validation(self.validation), self.val_fraction, self.val_speaker, self.seed)
 
+    def unsupervised_ids(self, fold: "Fold") -> tuple[str, ...]:
+        """The utterances whose audio (no labels) the unsupervised phases of ``fold`` may use, sorted.
+
+        The training sessions' (training and validation) under ``train``; with
+        ``train+test`` the test session's too. Validation drawn from the test
+        session (``test_session_speaker``) is test-session audio: it joins only
+        under ``train+test``.
+        """
+        ids = set(fold.train.utt_ids)
+        val_in_test = Validation(self.validation) is Validation.TEST_SESSION_SPEAKER
+        if not val_in_test or self.unsupervised_audio == "train+test":
+            ids |= set(fold.val.utt_ids)
+        if self.unsupervised_audio == "train+test":
+            ids |= set(fold.test.utt_ids)
+        return tuple(sorted(ids))
+
     def describe(self) -> str:
         if self.strict:
             return f"strict (validation: {Validation(self.validation).value}; the test session enters no phase but the test)"
@@ -123,6 +140,23 @@ def _split(utterances: Sequence[Utterance]) -> Split:
     return Split(tuple(sorted(u.utt_id for u in utterances)))
 
 
+def _chosen_speakers(speakers: Sequence[str], count: int, rng: np.random.Generator) -> set[str]:
+    """``count`` speakers drawn by ``rng``, alternating genders (the letter ending a speaker id) while both remain."""
+    by_gender: dict[str, list[str]] = defaultdict(list)
+    for speaker in speakers:
+        by_gender[speaker[-1]].append(speaker)
+    pools = [list(rng.permutation(by_gender[g])) for g in sorted(by_gender)]
+    start = int(rng.integers(len(pools)))
+    chosen: list[str] = []
+    index = start
+    while len(chosen) < count:
+        pool = pools[index % len(pools)]
+        if pool:
+            chosen.append(str(pool.pop()))
+        index += 1
+    return set(chosen)
+
+
 def build_fold(utterances: Sequence[Utterance], spec: FoldSpec) -> Fold:
     """Split ``utterances`` into train/val/test for ``spec.test_session``.
 
@@ -137,9 +171,17 @@ def build_fold(utterances: Sequence[Utterance], spec: FoldSpec) -> Fold:
     rest = [u for u in utterances if u.session != spec.test_session]
     test = [u for u in utterances if u.session == spec.test_session]
 
-    if spec.validation is Validation.STRATIFIED:
-        if not 0.0 < spec.val_fraction < 1.0:
-            raise FoldError(f"val_fraction must be in (0, 1), got {spec.val_fraction}")
+    if spec.validation in (Validation.SPEAKERS, Validation.STRATIFIED) and not 0.0 < spec.val_fraction < 1.0:
+        raise FoldError(f"val_fraction must be in (0, 1), got {spec.val_fraction}")
+    if spec.validation is Validation.SPEAKERS:
+        speakers = sorted({u.speaker for u in rest})
+        if len(speakers) < 2:
+            raise FoldError(f"fold {spec.test_session}: validation 'speakers' needs at least two training speakers, found {speakers}; use validation 'stratified'")
+        count = min(len(speakers) - 1, max(1, int(round(spec.val_fraction * len(speakers)))))
+        chosen = _chosen_speakers(speakers, count, rng)
+        val = [u for u in rest if u.speaker in chosen]
+        train = [u for u in rest if u.speaker not in chosen]
+    elif spec.validation is Validation.STRATIFIED:
         by_label: dict[str, list[Utterance]] = defaultdict(list)
         for u in sorted(rest, key=lambda u: u.utt_id):
             by_label[u.label].append(u)

@@ -10,7 +10,6 @@ projection, 1..N are the transformer layers.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import pickle
@@ -19,15 +18,15 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, HubertConfig, HubertModel
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 from transformers.utils import logging as hf_logging
 
 from trainables.config import TinyEncoderConfig
 
 logger = logging.getLogger(__name__)
 
-#: Our own record beside the HF files: the audio front end the encoder expects.
-AUDIO_CONFIG_NAME = "ser_study_audio.json"
+#: The audio settings of encoders saved by ser-study before they carried a feature extractor.
+LEGACY_AUDIO_CONFIG = "ser_study_audio.json"
 DEFAULT_SAMPLE_RATE = 16000
 
 
@@ -47,6 +46,9 @@ class EncoderInfo:
     conv_stride: tuple[int, ...]
     sample_rate: int
     normalize: bool
+    #: The CNN's first layer normalises each channel over time (``feat_extract_norm="group"``: HuBERT-base,
+    #: wav2vec2-base): padding then changes the valid frames, so inference encodes one utterance at a time.
+    group_norm: bool = False
 
     @classmethod
     def from_config(cls, name_or_path: str | Path, config, sample_rate: int, normalize: bool) -> "EncoderInfo":
@@ -60,6 +62,7 @@ class EncoderInfo:
             conv_stride=tuple(config.conv_stride),
             sample_rate=sample_rate,
             normalize=normalize,
+            group_norm=getattr(config, "feat_extract_norm", "layer") == "group",
         )
 
     def check_layer(self, layer: int, field: str = "layer") -> None:
@@ -99,13 +102,21 @@ class EncoderInfo:
 
 
 def _audio_config(name_or_path: str) -> tuple[int, bool]:
-    """Sample rate and per-utterance normalisation, from our record or HF's preprocessor config."""
-    path = Path(name_or_path)
-    for file_name, rate_key in ((AUDIO_CONFIG_NAME, "sample_rate"), ("preprocessor_config.json", "sampling_rate")):
-        if (path / file_name).is_file():
-            data = json.loads((path / file_name).read_text())
-            return int(data.get(rate_key, DEFAULT_SAMPLE_RATE)), bool(data.get("do_normalize", data.get("normalize", False)))
-    return DEFAULT_SAMPLE_RATE, False
+    """Sample rate and per-utterance normalisation, from the encoder's feature extractor (``preprocessor_config.json``).
+
+    Read with ``AutoFeatureExtractor`` for a hub id and a local directory alike.
+    A directory saved by an older ser-study carries ``ser_study_audio.json``
+    instead; one with neither gets 16 kHz without normalisation.
+    """
+    try:
+        extractor = AutoFeatureExtractor.from_pretrained(name_or_path, trust_remote_code=False)
+        return int(extractor.sampling_rate), bool(getattr(extractor, "do_normalize", False))
+    except (OSError, ValueError):
+        legacy = Path(name_or_path) / LEGACY_AUDIO_CONFIG
+        if legacy.is_file():
+            data = json.loads(legacy.read_text())
+            return int(data.get("sample_rate", DEFAULT_SAMPLE_RATE)), bool(data.get("normalize", False))
+        return DEFAULT_SAMPLE_RATE, False
 
 
 def read_encoder_info(name_or_path: str | Path) -> EncoderInfo:
@@ -125,20 +136,6 @@ def read_encoder_info(name_or_path: str | Path) -> EncoderInfo:
     return EncoderInfo.from_config(name_or_path, config, sample_rate, normalize)
 
 
-def encoder_fingerprint(name_or_path: str | Path) -> str:
-    """A content id for cache keys: a hash of a local directory's config and weights, or the hub id itself."""
-    path = Path(name_or_path)
-    if not path.is_dir():
-        return f"hub:{name_or_path}"
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.iterdir() if p.suffix in {".json", ".safetensors", ".bin"}):
-        digest.update(file.name.encode())
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
-
-
 @dataclass
 class EncoderOutput:
     """last_hidden: ``[B, F, H]``; hidden_states: N+1 tensors ``[B, F, H]`` (when asked); frame_mask: ``[B, F]`` bool."""
@@ -155,15 +152,29 @@ class SpeechEncoder(nn.Module):
         super().__init__()
         self.model = model
         self.info = info
+        self._saved_mask_time_prob = getattr(model.config, "mask_time_prob", 0.0)
+
+    def set_spec_augment(self, mask_time_prob: float) -> None:
+        """SpecAugment's time masking while training (HF reads ``config.mask_time_prob`` at each forward); saving keeps the checkpoint's own."""
+        self.model.config.mask_time_prob = mask_time_prob
 
     @property
     def hidden_size(self) -> int:
         return self.info.hidden_size
 
     def freeze_feature_encoder(self) -> None:
-        """Freeze the CNN feature extractor (the default in every phase: it is the part SSL learnt best)."""
-        for parameter in self.model.feature_extractor.parameters():
-            parameter.requires_grad = False
+        """Freeze the CNN feature extractor (the default in every phase: it is the part SSL learnt best).
+
+        Through HF's own freezing (``freeze_feature_encoder``, which HuBERT's
+        base model lacks: its feature encoder's ``_freeze_parameters``), which
+        also stops the CNN from building an autograd graph for its input
+        (setting ``requires_grad`` on its parameters alone does not).
+        """
+        freeze = getattr(self.model, "freeze_feature_encoder", None)
+        if freeze is not None:
+            freeze()
+        else:
+            self.model.feature_extractor._freeze_parameters()
 
     def forward(
         self,
@@ -196,24 +207,34 @@ class SpeechEncoder(nn.Module):
         return EncoderOutput(out.last_hidden_state, out.hidden_states if output_hidden_states else None, frame_mask)
 
     def save(self, directory: str | Path) -> None:
-        """Save weights (safetensors), HF config and our audio record, loadable by :func:`load_encoder`."""
+        """Save weights (safetensors), the HF config and the feature extractor (``preprocessor_config.json``), loadable by :func:`load_encoder`."""
         directory = Path(directory)
-        self.model.save_pretrained(directory, safe_serialization=True)
-        (directory / AUDIO_CONFIG_NAME).write_text(
-            json.dumps({"sample_rate": self.info.sample_rate, "normalize": self.info.normalize}, indent=2)
-        )
+        training_value = self.model.config.mask_time_prob
+        self.model.config.mask_time_prob = self._saved_mask_time_prob  # a loaded copy keeps its mask embedding (HF drops it at 0)
+        try:
+            self.model.save_pretrained(directory, safe_serialization=True)
+        finally:
+            self.model.config.mask_time_prob = training_value
+        feature_extractor(self.info).save_pretrained(directory)
+
+
+def feature_extractor(info: EncoderInfo) -> Wav2Vec2FeatureExtractor:
+    """The HF feature extractor of an encoder's audio front end: raw 16 kHz mono samples, normalised per utterance or not."""
+    return Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=info.sample_rate, padding_value=0.0, do_normalize=info.normalize, return_attention_mask=True)
 
 
 # Phases load and save encoders many times per study: no per-call progress bars in the logs.
 hf_logging.disable_progress_bar()
 
 
-def load_encoder(name_or_path: str | Path, layerdrop: float = 0.0, freeze_feature_encoder: bool = True) -> SpeechEncoder:
+def load_encoder(name_or_path: str | Path, layerdrop: float = 0.0, freeze_feature_encoder: bool = True, spec_augment: float | None = None) -> SpeechEncoder:
     """Load an encoder for training or inference.
 
     ``layerdrop`` defaults to 0: dropped layers leave parameters without
     gradients, which DDP does not allow. The model always gets a mask embedding
     (created if the checkpoint has none) so continued pretraining can mask frames.
+    ``spec_augment`` sets SpecAugment's time masking in training (HF
+    ``mask_time_prob``); None keeps the checkpoint's.
     """
     info = read_encoder_info(name_or_path)
     try:
@@ -226,9 +247,11 @@ def load_encoder(name_or_path: str | Path, layerdrop: float = 0.0, freeze_featur
         ) from None
     except (OSError, ValueError) as err:
         raise EncoderError(f"cannot load the encoder weights of {info.name_or_path!r}: {str(err).splitlines()[0]}") from None
-    if getattr(model, "masked_spec_embed", None) is None:
-        model.masked_spec_embed = nn.Parameter(torch.empty(info.hidden_size).uniform_())
+    if getattr(model, "masked_spec_embed", None) is None:  # seeded: the same encoder loads the same way every time
+        model.masked_spec_embed = nn.Parameter(torch.empty(info.hidden_size).uniform_(generator=torch.Generator().manual_seed(0)))
     encoder = SpeechEncoder(model, info)
+    if spec_augment is not None:  # set after loading, so that the checkpoint's mask embedding is kept
+        encoder.set_spec_augment(spec_augment)
     if freeze_feature_encoder:
         encoder.freeze_feature_encoder()
     return encoder
@@ -249,7 +272,8 @@ def make_tiny_encoder(out: str | Path, config: TinyEncoderConfig = TinyEncoderCo
         conv_dim=(config.conv_channels,) * 7,
         num_conv_pos_embeddings=16,
         num_conv_pos_embedding_groups=4,
-        feat_extract_norm="group",
+        feat_extract_norm=config.feat_extract_norm,
+        do_stable_layer_norm=config.feat_extract_norm == "layer",
         mask_time_prob=0.05,
         layerdrop=0.0,
         vocab_size=32,

@@ -19,23 +19,55 @@ from trainables.models.pooling import make_pooling
 FRAME_HEADS = ("cosine", "linear")
 
 
-class UtteranceClassifier(nn.Module):
-    """Encoder -> pooling over valid frames -> one linear head per task.
+HEAD_NORMS = ("none", "batch")
 
+
+class PooledNorm(nn.BatchNorm1d):
+    """Each dimension of pooled vectors ``[B, H]`` standardised over the batch, without scale or shift.
+
+    A training batch of one utterance (a long one, bucketed alone) has no
+    spread to standardise by: it uses the running statistics, as evaluation does.
+    """
+
+    def __init__(self, size: int):
+        super().__init__(size, affine=False)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        if self.training and pooled.shape[0] < 2:
+            return F.batch_norm(pooled, self.running_mean, self.running_var, training=False, eps=self.eps)
+        return super().forward(pooled)
+
+
+class UtteranceClassifier(nn.Module):
+    """Encoder -> pooling over valid frames -> (optionally) standardised -> one linear head per task.
+
+    ``head_norm="batch"`` standardises each dimension of the pooled vector over
+    the batch (a ``BatchNorm1d`` without scale or shift; running statistics at
+    evaluation), as x-vector and ECAPA heads do: pooled frames of a small
+    encoder vary little between utterances next to their mean, and a linear
+    head needs many updates to find those small differences unscaled.
     ``forward`` returns ``{task: logits [B, classes]}``.
     """
 
-    def __init__(self, encoder: SpeechEncoder, pooling: str, tasks: Mapping[str, int], dropout: float = 0.1):
+    def __init__(self, encoder: SpeechEncoder, pooling: str, tasks: Mapping[str, int], dropout: float = 0.1, head_norm: str = "none"):
         super().__init__()
+        if head_norm not in HEAD_NORMS:
+            raise ValueError(f"head_norm must be one of {HEAD_NORMS}, got {head_norm!r}")
         self.encoder = encoder
         self.pooling_name = pooling
+        self.head_norm = head_norm
         self.pooling = make_pooling(pooling, encoder.hidden_size)
+        self.norm = PooledNorm(encoder.hidden_size) if head_norm == "batch" else nn.Identity()
         self.dropout = nn.Dropout(dropout)
         self.heads = nn.ModuleDict({task: nn.Linear(encoder.hidden_size, n) for task, n in tasks.items()})
 
-    def forward(self, waveforms: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def pooled(self, waveforms: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The utterance vectors ``[B, H]`` the heads read (after pooling and the head's normalisation)."""
         out = self.encoder(waveforms, attention_mask)
-        pooled = self.dropout(self.pooling(out.last_hidden, out.frame_mask))
+        return self.norm(self.pooling(out.last_hidden, out.frame_mask).float())
+
+    def forward(self, waveforms: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        pooled = self.dropout(self.pooled(waveforms, attention_mask))
         return {task: head(pooled) for task, head in self.heads.items()}
 
 

@@ -1,7 +1,10 @@
 """Utterance pooling over the valid frames of an encoder output.
 
-Both poolings ignore padded frames entirely, so their output does not depend
-on how much padding a batch adds.
+Both poolings ignore padded frames, so the pooling itself adds no dependence
+on a batch's padding. The frames may still depend on it: an encoder whose CNN
+normalises over time (group norm, e.g. HuBERT-base) gives padded utterances
+other features, which is why inference encodes such an encoder's utterances
+one at a time (:func:`trainables.data.batching.inference_batches`).
 """
 
 from __future__ import annotations

@@ -22,12 +22,11 @@ from typing import Any, Sequence
 
 
 from trainables.data.manifest import Utterance, fingerprint
+from trainables.phases.kinds import phase_kind
 
 RECORD_FILE = "record.json"
-#: Bumped when a phase's code changes what it produces, so cached artifacts are not reused across it.
-PHASE_CODE_VERSION = {"tapt": 1, "embeddings": 1, "clustering": 1, "cpt": 1, "finetune": 1}
-#: The phases of the method, in chain order.
-PHASES = tuple(PHASE_CODE_VERSION)
+#: Beside a pretrained tiny encoder: what its own pretraining trained on (see trainables.phases.acoustic_pretrain).
+PRETRAINING_RECORD = "pretraining_record.json"
 
 
 def encoder_dir(artifact: Path) -> Path:
@@ -40,9 +39,28 @@ def classifier_dir(artifact: Path) -> Path:
     return artifact / "classifier"
 
 
+def encoder_fingerprint(name_or_path: str | Path) -> str:
+    """A content id for cache keys: a hash of a local directory's config and weights, or the hub id itself."""
+    path = Path(name_or_path)
+    if not path.is_dir():
+        return f"hub:{name_or_path}"
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.iterdir() if p.suffix in {".json", ".safetensors", ".bin"}):
+        digest.update(file.name.encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def checkpoint_dir_for(artifact: Path) -> Path:
     """Where a training phase keeps its resumable checkpoint while it builds ``artifact``."""
     return artifact.with_name(f".{artifact.name}.ckpt")
+
+
+def audio_digest(path: str | Path) -> str:
+    """A content id of an audio file: the first 16 hex digits of its SHA-256 (the same audio wherever it lies)."""
+    return file_digest(Path(path))[:16]
 
 
 def describe_utterances(utterances: Sequence[Utterance]) -> dict[str, Any]:
@@ -84,7 +102,7 @@ class PhaseRecord:
     code_version: int = 0
 
     def __post_init__(self) -> None:
-        self.code_version = self.code_version or PHASE_CODE_VERSION[self.phase]
+        self.code_version = self.code_version or phase_kind(self.phase).version
         self.params = to_plain(self.params)
         self.results = to_plain(self.results)
 

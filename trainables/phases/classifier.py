@@ -62,9 +62,9 @@ def train_classifier(
 ) -> tuple[UtteranceClassifier, FitResult]:
     """Train a classifier from ``encoder_path``; return it with the best validation-UA state loaded."""
     seed_everything(cfg.train.seed + runtime.rank)
-    encoder = load_encoder(encoder_path, freeze_feature_encoder=cfg.freeze_feature_encoder)
+    encoder = load_encoder(encoder_path, freeze_feature_encoder=cfg.freeze_feature_encoder, spec_augment=cfg.spec_augment)
     label_index = {c: i for i, c in enumerate(classes)}
-    model = UtteranceClassifier(encoder, pooling, {EMOTION_TASK: len(classes)}, dropout=cfg.dropout)
+    model = UtteranceClassifier(encoder, pooling, {EMOTION_TASK: len(classes)}, dropout=cfg.dropout, head_norm=cfg.head_norm)
     rate = encoder.info.sample_rate
     train_set = UtteranceDataset(train, label_index, rate, cfg.train.max_train_seconds, Crop.RANDOM, seed=cfg.train.seed + runtime.rank)
     val_set = UtteranceDataset(val, label_index, rate, None, Crop.NONE)
@@ -91,7 +91,7 @@ def save_classifier(model: UtteranceClassifier, classes: Sequence[str], director
     model.encoder.save(directory / "encoder")
     head_state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("encoder.")}
     save_file(head_state, str(directory / HEADS_FILE))
-    description = {"pooling": model.pooling_name, "classes": list(classes), "tasks": {t: h.out_features for t, h in model.heads.items()}}
+    description = {"pooling": model.pooling_name, "head_norm": model.head_norm, "classes": list(classes), "tasks": {t: h.out_features for t, h in model.heads.items()}}
     (directory / CLASSIFIER_FILE).write_text(json.dumps(description, indent=2))
 
 
@@ -99,7 +99,7 @@ def load_classifier(directory: Path) -> tuple[UtteranceClassifier, list[str]]:
     """Load what :func:`save_classifier` wrote, for prediction."""
     description = json.loads((directory / CLASSIFIER_FILE).read_text())
     encoder = load_encoder(directory / "encoder")
-    model = UtteranceClassifier(encoder, description["pooling"], description["tasks"])
+    model = UtteranceClassifier(encoder, description["pooling"], description["tasks"], head_norm=description.get("head_norm", "none"))
     missing, unexpected = model.load_state_dict(load_file(str(directory / HEADS_FILE)), strict=False)
     if unexpected or any(not k.startswith("encoder.") for k in missing):
         raise ValueError(f"{directory} does not match its classifier description (missing {missing}, unexpected {unexpected})")

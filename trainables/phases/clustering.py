@@ -17,6 +17,7 @@ from trainables.atomic import atomic_directory
 from trainables.kmeans import KMeansConfig, assign_labels, fit_kmeans
 from trainables.phases.artifacts import PhaseRecord, read_record, write_record
 from trainables.phases.embeddings import INDEX_FILE, load_layer, read_index
+from trainables.runtime import Runtime
 
 LABELS_FILE = "labels.npy"
 CENTROIDS_FILE = "centroids.npy"
@@ -29,12 +30,12 @@ def load_pseudo_labels(artifact: Path) -> dict[str, np.ndarray]:
     return {utt: labels[offsets[i] : offsets[i + 1]] for i, utt in enumerate(utt_ids)}
 
 
-def run_clustering(embeddings: Path, layer: int, cfg: KMeansConfig, out: Path, device: str | None = None) -> dict:
-    """Fit k-means on ``layer`` of the ``embeddings`` artifact and label every frame."""
+def run_clustering(embeddings: Path, layer: int, cfg: KMeansConfig, out: Path, runtime: Runtime | None = None) -> dict:
+    """Fit k-means on ``layer`` of the ``embeddings`` artifact and label every frame (on ``runtime``'s device, default: CUDA if there is one)."""
     started = time.perf_counter()
     frames = load_layer(embeddings, layer)
     result = fit_kmeans(frames, cfg)
-    labels = assign_labels(frames, result.centroids, device=device)
+    labels = assign_labels(frames, result.centroids, device=None if runtime is None else runtime.device.type)
     counts = np.bincount(labels, minlength=cfg.n_clusters)
     results = {**result.record(), "empty_clusters": int((counts == 0).sum()), "largest_cluster_share": float(counts.max() / counts.sum())}
     upstream_record = read_record(embeddings)

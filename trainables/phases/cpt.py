@@ -22,7 +22,8 @@ from trainables.config import CptConfig
 from trainables.data.audio import Crop, load_waveform
 from trainables.data.batching import Batch, UtteranceDataset, collate
 from trainables.data.manifest import Utterance
-from trainables.models.encoder import EncoderInfo, encoder_fingerprint, load_encoder
+from trainables.models.encoder import EncoderInfo, load_encoder
+from trainables.phases.artifacts import encoder_fingerprint
 from trainables.models.heads import FramePredictor
 from trainables.models.masking import achieved_ratio, span_mask
 from trainables.phases.artifacts import describe_utterances, encoder_dir, write_record

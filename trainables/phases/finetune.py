@@ -8,8 +8,6 @@ Artifact: ``classifier/`` (loadable by :func:`load_classifier`),
 
 from __future__ import annotations
 
-import csv
-import json
 import time
 from pathlib import Path
 from typing import Sequence
@@ -21,15 +19,9 @@ from trainables.data.audio import Crop
 from trainables.data.batching import UtteranceDataset
 from trainables.data.manifest import Utterance
 from trainables.phases.artifacts import classifier_dir, describe_utterances, write_record
+from trainables.phases.evaluation import write_evaluation
 from trainables.phases.classifier import ClassifierConfig, evaluate_classifier, save_classifier, train_classifier
 from trainables.runtime import Runtime, training_record
-
-METRICS_FILE = "metrics.json"
-PREDICTIONS_FILE = "predictions.csv"
-
-
-def read_metrics(artifact: Path) -> dict:
-    return json.loads((artifact / METRICS_FILE).read_text())
 
 
 def run_finetune(
@@ -53,18 +45,12 @@ def run_finetune(
     val_metrics = {k.removeprefix("val_"): v for k, v in result.best_metrics.items() if k.startswith("val_")}
     metrics = {"val": val_metrics, "test": test_metrics, "best_epoch": result.best_metrics.get("epoch"), "classes": list(classes)}
     if runtime.is_main:
-        probabilities = torch.softmax(logits, dim=1)
+        probabilities = torch.softmax(logits, dim=1).numpy()
         with atomic_directory(out) as tmp:
             directory = classifier_dir(tmp)
             directory.mkdir()
             save_classifier(model, classes, directory)
-            (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-            with open(tmp / PREDICTIONS_FILE, "w", newline="") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(["utt_id", "label", "predicted", *[f"p_{c}" for c in classes]])
-                for row, index in enumerate(indices):
-                    utt = test_set.utterances[index]
-                    writer.writerow([utt.utt_id, utt.label, classes[int(probabilities[row].argmax())], *[f"{p:.4f}" for p in probabilities[row].tolist()]])
+            write_evaluation(tmp, metrics, [test_set.utterances[i] for i in indices], probabilities, classes)
             write_record(
                 tmp,
                 training_record(

@@ -1,8 +1,12 @@
 """Phase 1, TAPT: fine-tune the pretrained encoder on the fold's training utterances.
 
-Mean pooling + linear head, class-weighted cross-entropy, model selection by
-validation UA. The artifact keeps the encoder (``encoder/``), whose hidden
-states are now emotion-aware.
+Its pooling (``tapt.pooling``) + linear head, class-weighted cross-entropy,
+model selection by validation UA. The encoder it starts from is the
+pretrained one, or (the paper's TAPT) the one its masked pretraining on the
+fold's audio gave (:func:`trainables.recipes.steps.tapt`). The artifact is the whole classifier (loadable by
+:func:`~trainables.phases.classifier.load_classifier`, so the TAPT baseline
+can score it): its encoder (``encoder/``), whose hidden states are now
+emotion-aware, feeds the next phases.
 """
 
 from __future__ import annotations
@@ -13,36 +17,34 @@ from typing import Sequence
 
 from trainables.atomic import atomic_directory
 from trainables.data.manifest import Utterance
-from trainables.models.encoder import encoder_fingerprint
-from trainables.phases.artifacts import describe_utterances, encoder_dir, write_record
-from trainables.phases.classifier import ClassifierConfig, train_classifier
+from trainables.phases.artifacts import encoder_fingerprint
+from trainables.phases.artifacts import describe_utterances, write_record
+from trainables.config import TaptConfig
+from trainables.phases.classifier import save_classifier, train_classifier
 from trainables.runtime import Runtime, training_record
-
-TAPT_POOLING = "average"  # the method's TAPT uses mean pooling
-
 
 def run_tapt(
     encoder: str | Path,
     train: Sequence[Utterance],
     val: Sequence[Utterance],
     classes: Sequence[str],
-    cfg: ClassifierConfig,
+    cfg: TaptConfig,
     out: Path,
     runtime: Runtime,
 ) -> dict:
     """Build the TAPT artifact at ``out``; returns the best validation metrics."""
     started = time.perf_counter()
-    model, result = train_classifier(encoder, TAPT_POOLING, train, val, classes, cfg, runtime)
+    model, result = train_classifier(encoder, cfg.pooling, train, val, classes, cfg, runtime)
     if runtime.is_main:
         with atomic_directory(out) as tmp:
-            model.encoder.save(encoder_dir(tmp))
+            save_classifier(model, classes, tmp)  # the encoder lands in encoder_dir(tmp)
             write_record(
                 tmp,
                 training_record(
                     "tapt",
                     started,
                     runtime,
-                    params={"config": cfg, "pooling": TAPT_POOLING, "classes": list(classes)},
+                    params={"config": cfg, "pooling": cfg.pooling, "classes": list(classes)},
                     upstream={"encoder": str(encoder), "encoder_fingerprint": encoder_fingerprint(encoder)},
                     used={"trained_on": describe_utterances(train), "selected_on": describe_utterances(val)},
                     results={"best": result.best_metrics, "history": result.history, "resumed_from_epoch": result.resumed_from_epoch},

@@ -1,0 +1,177 @@
+"""Does the pipeline learn emotion from speech? The smoke set-up end to end, per corpus, against eGeMAPS.
+
+For each corpus engine (``synth``, the built-in voice; ``espeak``, real
+synthetic speech from espeak-ng and sox when installed), exactly what a user
+runs, through the command line:
+
+1. ``ser-study demo-data`` the study's corpus (seed 0) and a pretraining corpus
+   of its own (seed 1: other speakers, 100 utterances per session);
+2. ``ser-study tiny-encoder --pretrain-on`` the pretraining corpus (the study's
+   test sessions are in no encoder);
+3. ``ser-study run search_spaces/smoke.yaml`` (3 alignment candidates, folds
+   1-2, with the finetune, tapt and egemaps baselines);
+4. ``ser-study run-fold --preset smoke`` on fold 2 with the README's candidate
+   (layer 2, K 8, mask 0.2, attention).
+
+It also fits a frozen-feature probe per encoder layer (mean and std of the
+frames, standardised, logistic regression, folds 1-2): how much emotion the
+pretrained encoder's features hold before any fine-tuning.
+
+Run: ``.venv/bin/python bench/learning.py [--engines synth espeak] [--workdir DIR]``
+(about 25 minutes on 2 cores for both). Writes ``bench/results/learning.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from machine import describe_machine
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results" / "learning.md"
+CANDIDATE = ["--layer", "2", "--clusters", "8", "--mask-ratio", "0.2", "--pooling", "attention"]
+#: Numbers measured on the code before this round's fixes (commit 55b0508), kept for the comparison.
+BEFORE = {
+    "synth": {"smoke study best (test UA, folds 1-2)": "51.9 (bench/results/demo.md of 55b0508)", "egemaps": "75.6 (docs/FINDINGS)"},
+    "espeak": {"run-fold fold 2": "24.4 on the findings' corpus; 31.4 on this bench's corpus", "smoke study best (test UA, folds 1-2)": "33.4 (findings)", "egemaps": "63.3 (findings)"},
+}
+
+
+def cli(*args: str, log: Path) -> float:
+    """Run ``ser-study ARGS`` (output to ``log``); return its wall time. Raises on failure."""
+    started = time.perf_counter()
+    with open(log, "a") as handle:
+        done = subprocess.run([sys.executable, "-m", "study.cli", *args], stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
+    if done.returncode:
+        raise RuntimeError(f"ser-study {' '.join(args)} failed; see {log}")
+    return time.perf_counter() - started
+
+
+def probe(manifest: Path, encoder: Path, folds: list[int]) -> dict[int, float]:
+    """Mean test UA over ``folds`` of a standardised logistic regression on each layer's mean+std pooled frames."""
+    import numpy as np
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from trainables.data.audio import load_waveform
+    from trainables.data.labels import classes_of
+    from trainables.data.manifest import read_manifest
+    from trainables.metrics import classification_metrics
+    from trainables.models.encoder import load_encoder
+
+    utterances = read_manifest(manifest)
+    classes = list(classes_of(utterances))
+    model = load_encoder(encoder).eval()
+    rows = []
+    with torch.no_grad():
+        for u in utterances:
+            waveform = load_waveform(u.path, model.info.sample_rate)[None]
+            out = model(waveform, torch.ones_like(waveform, dtype=torch.long), output_hidden_states=True)
+            rows.append([torch.cat([h[0].mean(0), h[0].std(0)]).numpy() for h in out.hidden_states])
+    labels = np.array([classes.index(u.label) for u in utterances])
+    sessions = np.array([u.session for u in utterances])
+    scores = {}
+    for layer in range(len(rows[0])):
+        features = np.stack([r[layer] for r in rows])
+        uas = []
+        for fold in folds:
+            model_ = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, class_weight="balanced", C=0.1))
+            model_.fit(features[sessions != fold], labels[sessions != fold])
+            uas.append(classification_metrics(labels[sessions == fold].tolist(), model_.predict(features[sessions == fold]).tolist(), len(classes))["ua"])
+        scores[layer] = float(np.mean(uas))
+    return scores
+
+
+def study_numbers(study_dir: Path) -> dict[str, float]:
+    """Test UA (mean over folds) of the best candidate and of each baseline, from the study's report tables."""
+    rows = list(csv.DictReader(open(study_dir / "report" / "table.csv")))
+    best_trial = max((r for r in rows if r["kind"] == "trial" and r["status"] == "complete"), key=lambda r: float(r["objective"]))
+    numbers = {"best candidate": float(best_trial["test_ua_mean"]), "best candidate (val UA)": float(best_trial["val_ua_mean"])}
+    numbers.update({f"baseline {r['method']}": float(r["test_ua_mean"]) for r in rows if r["kind"] == "baseline" and r["test_ua_mean"]})
+    numbers["best candidate params"] = {k: best_trial[k] for k in ("layer", "clusters", "mask_ratio", "pooling")}
+    return numbers
+
+
+def run_engine(engine: str, work: Path) -> dict:
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / f"{engine}.log"
+    corpus, pretraining = work / f"{engine}-corpus", work / f"{engine}-pretraining-corpus"
+    manifest, pretraining_manifest, encoder = work / f"{engine}.csv", work / f"{engine}-pretraining.csv", work / f"{engine}-encoder"
+    times = {}
+    times["corpora"] = cli("demo-data", str(corpus), "--engine", engine, log=log) + cli("prepare", str(corpus), "--out", str(manifest), log=log)
+    times["corpora"] += cli("demo-data", str(pretraining), "--engine", engine, "--seed", "1", "--utterances-per-session", "100", log=log)
+    times["corpora"] += cli("prepare", str(pretraining), "--out", str(pretraining_manifest), log=log)
+    times["encoder pretraining"] = cli("tiny-encoder", str(encoder), "--pretrain-on", str(pretraining_manifest), log=log)
+    study_dir = work / f"{engine}-study"
+    times["smoke study"] = cli("run", "search_spaces/smoke.yaml", "--study-dir", str(study_dir), "--set", f"data.manifest={manifest}",
+                               "--set", f"encoder={encoder}", "--set", f"name=learning-{engine}", log=log)
+    out = work / f"{engine}-run-fold"
+    times["run-fold"] = cli("run-fold", "--data", str(manifest), "--encoder", str(encoder), "--fold", "2", *CANDIDATE, "--preset", "smoke", "--out", str(out), log=log)
+    run_fold = json.loads((out / "result.json").read_text())
+    return {
+        "study": study_numbers(study_dir),
+        "run_fold": {"test_ua": run_fold["test"]["ua"], "val_ua": run_fold["val"]["ua"]},
+        "probe": probe(manifest, encoder, [1, 2]),
+        "seconds": times,
+    }
+
+
+def write_report(results: dict, args: argparse.Namespace) -> None:
+    lines = [
+        "# Learning from speech: the smoke set-up end to end, per corpus",
+        "",
+        f"Measured {datetime.date.today()} on {describe_machine()}; `.venv/bin/python bench/learning.py --engines {' '.join(args.engines)}`.",
+        "Every number is test UA in %, mean over folds 1-2 (chance 25) unless it says otherwise.",
+        "",
+    ]
+    for engine, result in results.items():
+        study = result["study"]
+        lines += [f"## `{engine}` corpus", "", "| what | before | now |", "| --- | --- | --- |"]
+        before = BEFORE.get(engine, {})
+        lines.append(f"| smoke study, best candidate by val UA ({study['best candidate params']}) | {before.get('smoke study best (test UA, folds 1-2)', 'n/a')} | {100 * study['best candidate']:.1f} |")
+        for name in ("egemaps", "finetune", "tapt"):
+            value = study.get(f"baseline {name}")
+            lines.append(f"| baseline `{name}` (same folds) | {before.get(name, 'n/a') if name == 'egemaps' else 'n/a'} | {'n/a' if value is None else f'{100 * value:.1f}'} |")
+        lines.append(f"| `run-fold --preset smoke` fold 2 ({' '.join(CANDIDATE)}) | {before.get('run-fold fold 2', 'n/a')} | {100 * result['run_fold']['test_ua']:.1f} |")
+        probe_text = ", ".join(f"L{layer} {100 * ua:.1f}" for layer, ua in result["probe"].items())
+        lines += ["", f"Frozen-feature probe of the pretrained encoder (no fine-tuning), per layer: {probe_text}.", ""]
+        lines.append("Wall time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result["seconds"].items()) + ".")
+        lines.append("")
+    RESULTS.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engines", nargs="+", default=["synth", "espeak"], choices=["synth", "espeak"])
+    parser.add_argument("--workdir", type=Path, help="keep the corpora, encoders and studies here (default: a temporary folder, removed)")
+    args = parser.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="ser-learning-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        results = {}
+        for engine in args.engines:
+            if engine == "espeak" and not all(shutil.which(p) for p in ("espeak-ng", "sox")):
+                print("espeak-ng and sox are not installed: skipping the espeak corpus", file=sys.stderr)
+                continue
+            results[engine] = run_engine(engine, work / engine)
+            print(json.dumps({engine: results[engine]}, indent=2, default=str))
+        write_report(results, args)
+        print(f"written: {RESULTS}")
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
