@@ -17,7 +17,8 @@ from study.report.model import best_trial
 from study.io.records import read_trial_records
 from trainables.data.audio import AudioError, load_waveform
 from trainables.phases.artifacts import classifier_dir
-from trainables.phases.classifier import EMOTION_TASK, load_classifier
+from trainables.phases.classifier import CLASSIFIER_FILE, EMOTION_TASK, load_classifier
+from trainables.phases.multitask import DESCRIPTION_FILE, load_multitask
 
 logger = logging.getLogger(__name__)
 
@@ -32,18 +33,34 @@ class Prediction:
         return max(self.probabilities, key=self.probabilities.get)
 
 
+def _model_dir(artifact: Path | None) -> Path | None:
+    """Where a scored artifact keeps its model: a fine-tuning's ``classifier/``, a multi-task stage's own folder."""
+    if artifact is None:
+        return None
+    for directory in (classifier_dir(artifact), artifact):
+        if (directory / CLASSIFIER_FILE).is_file() or (directory / DESCRIPTION_FILE).is_file():
+            return directory
+    return None
+
+
+def load_model(directory: Path):
+    """``(model, classes)`` of a directory :func:`_model_dir` found."""
+    return load_multitask(directory) if (directory / DESCRIPTION_FILE).is_file() else load_classifier(directory)
+
+
 def ensemble_dirs(study_dir: str | Path) -> tuple[dict, list[Path]]:
-    """The best complete trial and its fold classifiers' directories."""
+    """The best complete trial and its fold models' directories (each fold's scored step: ``finetune``, ``mtl_stage2``, ...)."""
     config = load_resolved_study(study_dir)
     best = best_trial(read_trial_records(study_dir), config.objective.metric, config.objective.mode)
     if best is None:
         raise UserError(f"{study_dir} has no complete trial yet; run or resume the study first")
     directories = []
     for fold in best["folds"]:
-        artifact = ArtifactCache(layout.cache_dir(study_dir)).fetch("finetune", fold["artifacts"]["finetune"])
-        directory = classifier_dir(artifact) if artifact is not None else None
-        if directory is None or not directory.is_dir():
-            raise UserError(f"the fold-{fold['test_session']} model of trial {best['trial_id']} is missing ({directory}); resume the study to rebuild it")
+        step = fold.get("scored") or "finetune"
+        artifact = ArtifactCache(layout.cache_dir(study_dir)).fetch(fold.get("phases", {}).get(step, step), fold["artifacts"][step])
+        directory = _model_dir(artifact)
+        if directory is None:
+            raise UserError(f"the fold-{fold['test_session']} model of trial {best['trial_id']} ({step}) is missing; resume the study to rebuild it")
         directories.append(directory)
     return best, directories
 
@@ -51,7 +68,7 @@ def ensemble_dirs(study_dir: str | Path) -> tuple[dict, list[Path]]:
 def predict(study_dir: str | Path, wavs: Sequence[str | Path]) -> list[Prediction]:
     """Class probabilities of each file, averaged over the best trial's fold models."""
     best, directories = ensemble_dirs(study_dir)
-    models = [load_classifier(d) for d in directories]
+    models = [load_model(d) for d in directories]
     classes = models[0][1]
     rate = models[0][0].encoder.info.sample_rate
     waveforms = []

@@ -29,6 +29,12 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "study.cli", *args]
 
 
+def first_wav(manifest: Path) -> Path:
+    """The audio file of a manifest's first utterance."""
+    with open(manifest, newline="") as handle:
+        return Path(next(csv.DictReader(handle))["path"])
+
+
 def run_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     return subprocess.run(cli(*args), capture_output=True, text=True, timeout=timeout)
 

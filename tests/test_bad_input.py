@@ -164,6 +164,17 @@ def _manifest_one_session(env: Env) -> list[str]:
     return study(env, "folds=[1]", manifest=env.tmp / "one.csv")
 
 
+def _manifest_without_transcripts(env: Env) -> list[str]:
+    """A manifest prepared before transcripts were read (no ``transcript`` column), for a study whose method learns them."""
+    with open(env.manifest, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    with open(env.tmp / "no_text.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[c for c in rows[0] if c != "transcript"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return study(env, "search.space.method=metadata", manifest=env.tmp / "no_text.csv")
+
+
 def _not_audio_for_predict(env: Env) -> list[str]:
     """A study with a best trial (faked: its fold models are stand-ins) and a text file given as audio."""
     import study.predict as predict_module
@@ -221,6 +232,8 @@ CASES = [
     Case("study-one-session-manifest", _manifest_one_session, ("data.manifest", "one.csv", "at least two"), ("study",)),
     Case("study-missing-manifest", _missing_manifest, ("data.manifest", "missing.csv"), ("study",)),
     Case("study-manifest-not-a-manifest", _manifest_not_a_manifest, ("data.manifest", "notes.csv"), ("study",)),
+    Case("study-transcript-task-without-transcripts", _manifest_without_transcripts,
+         ("search.space.transcript_weight", "no_text.csv", "ser-study prepare", "transcript_weight 0"), ("study",)),
     Case("study-missing-encoder", lambda env: study(env, encoder=env.tmp / "no-encoder"), ("encoder", "no-encoder", "tiny-encoder"), ("study",)),
     Case("study-dir-under-a-file", lambda env: ((env.tmp / "file.txt").write_text("x"), study(env, study_dir=env.tmp / "file.txt" / "study"))[1],
          ("storage.study_dir", "file.txt", "--study-dir")),

@@ -108,3 +108,37 @@ def test_dataset_and_collate(small_utterances):
     assert batch.utt_ids == [u.utt_id for u in small_utterances[:6]]
     for row, length in enumerate(lengths):
         assert torch.all(batch.waveforms[row, length:] == 0)
+
+
+def test_a_batch_splits_into_aligned_parts_of_bounded_audio(small_utterances):
+    dataset = UtteranceDataset(small_utterances[:7], {"neu": 0, "hap": 1, "ang": 2, "sad": 3}, 16000, None, Crop.NONE, transcripts=True)
+    batch = collate([dataset[i] for i in range(7)])
+    seconds = batch.waveforms.shape[1] / 16000
+    parts = batch.split(2.5 * seconds, 16000)
+    assert [len(p) for p in parts] == [2, 2, 2, 1]
+    assert sum((p.utt_ids for p in parts), []) == batch.utt_ids
+    assert torch.equal(torch.cat([p.waveforms for p in parts]), batch.waveforms)
+    assert torch.equal(torch.cat([p.text for p in parts]), batch.text) and torch.equal(torch.cat([p.labels for p in parts]), batch.labels)
+    assert batch.split(None, 16000) == [batch] and len(batch.split(0.001, 16000)) == 7  # at least one utterance a part
+
+
+def test_accumulated_parts_give_the_whole_batch_gradient(small_utterances, tiny_encoder):
+    """What the training loop does with micro_batch_seconds: each part's mean loss weighted by its share of the batch."""
+    from trainables.models.encoder import load_encoder
+    from trainables.models.heads import UtteranceClassifier
+
+    torch.manual_seed(0)
+    model = UtteranceClassifier(load_encoder(tiny_encoder), "average", {"emotion": 4}).eval()  # eval: no dropout, so both runs match
+    dataset = UtteranceDataset(small_utterances[:6], {"neu": 0, "hap": 1, "ang": 2, "sad": 3}, 16000, 2.0, Crop.START)
+    batch = collate([dataset[i] for i in range(6)])
+
+    def gradients(parts):
+        model.zero_grad()
+        for part in parts:
+            loss = torch.nn.functional.cross_entropy(model(part.waveforms, part.attention_mask)["emotion"], part.labels)
+            (loss * len(part) / len(batch)).backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    whole, accumulated = gradients([batch]), gradients(batch.split(4.0, 16000))
+    assert len(whole) == len(accumulated) > 0
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(whole, accumulated))

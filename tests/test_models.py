@@ -20,6 +20,7 @@ def test_tiny_encoder_loads_through_the_hf_path(tiny_encoder):
     assert (tiny_encoder / "model.safetensors").is_file()
     encoder = load_encoder(tiny_encoder)
     assert not any(p.requires_grad for p in encoder.model.feature_extractor.parameters())
+    assert encoder.model.config._attn_implementation == "sdpa"  # PyTorch's fused attention kernels on GPU
     assert encoder_fingerprint(tiny_encoder) == encoder_fingerprint(tiny_encoder)
 
 

@@ -131,3 +131,38 @@ def test_a_recipe_added_by_a_plugin_runs_through_a_study_with_no_driver_change(s
     (fold,) = record["folds"]
     assert fold["links"] == {"tapt": [], "finetune": ["tapt"]} and record["audit"]["clean"]
     assert "### `toy`: fine-tuning from the TAPT encoder" in (study_dir / "report" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_methods_smoke_runs_gmp_tl_and_metadata_beside_a_baseline(small_manifest, tiny_encoder, tmp_path):
+    """The two reconstructed methods through the real command line: records, report rows with paired comparisons, MLflow tags, predict."""
+    import subprocess
+
+    from mlflow.tracking import MlflowClient
+
+    from study.io.records import read_trial_records
+    from study_runs import cli, first_wav
+
+    study_dir = tmp_path / "study"
+    args = [
+        "run", str(shipped_studies()["methods_smoke"]), "--study-dir", str(study_dir),
+        "--set", f"data.manifest={small_manifest}", "--set", f"encoder={tiny_encoder}", "--set", "phases.epochs=1",
+        "--set", "phases.kmeans.max_fit_frames=5000", "--set", "search.space.method={choice: [gmp_tl, metadata]}",
+        "--set", "baselines=[finetune]",
+    ]
+    done = subprocess.run(cli(*args), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = {r["method"]: r for r in read_trial_records(study_dir)}
+    assert set(records) == {"gmp_tl", "metadata"} and all(r["status"] == "complete" and r["audit"]["clean"] for r in records.values())
+    assert records["gmp_tl"]["params"]["scales"] == "2:4,2:8,2:16" and records["metadata"]["params"]["integration"] == "ari"
+    assert all(f["scored"] == "finetune" for f in records["gmp_tl"]["folds"]) and all(f["scored"] == "mtl_stage2" for f in records["metadata"]["folds"])
+    text = (study_dir / "report" / "report.md").read_text()
+    for method in ("gmp_tl", "metadata"):
+        assert f"### `{method}`" in text
+    assert text.count("**reconstructed**") >= 2 and "Δ UA vs finetune" in text
+    client = MlflowClient(f"sqlite:///{study_dir}/mlflow.db")
+    experiment = client.get_experiment_by_name("methods-smoke")
+    tags = {r.data.tags["method"]: r.data.tags["reconstructed"] for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("ser_study.kind") in ("trial", "baseline")}
+    assert tags == {"gmp_tl": "true", "metadata": "true", "finetune": "false"}
+    predicted = subprocess.run(cli("predict", str(study_dir), str(first_wav(small_manifest))), capture_output=True, text=True, timeout=300)
+    assert predicted.returncode == 0, predicted.stderr[-2000:]

@@ -259,7 +259,7 @@ BAD_FILES = {
     "s3 without mlflow_uri": (_edit("storage.study_dir", "s3://bucket/studies/smoke"), ["storage.mlflow_uri", "s3://bucket/studies/smoke", "required"]),
     "bad folds": (_edit("folds", [0, 2]), ["folds", "[0]", "session"]),
     "unknown objective": (_edit("objective.metric", "val_acc"), ["objective.metric", "val_ua_mean", "test_wa_mean"]),
-    "unknown method": (_edit("search.space.method", "alignmnet"), ["search.space.method", "unknown method 'alignmnet'", "alignment, egemaps, finetune, tapt"]),
+    "unknown method": (_edit("search.space.method", "alignmnet"), ["search.space.method", "unknown method 'alignmnet'", "alignment, egemaps, finetune, gmp_tl, metadata, tapt"]),
     "parameter of no method": (_edit("search.space.clustres", 8), ["search.space.clustres", "no method has such a parameter", "clusters, layer, mask_ratio, pooling", "did you mean 'clusters'"]),
     "parameter the method lacks": (_edit("search.space.finetune", {"layer": 2}), ["search.space.finetune.layer", "method finetune has no parameter 'layer'", "its parameters: pooling"]),
     "section value of the wrong form": (_edit("search.space.alignment", {"clusters": {"choice": []}}), ["search.space.alignment.clusters.choice", "at least 1 item"]),
@@ -375,7 +375,8 @@ def test_check_inputs_accepts_the_small_corpus(small_manifest, tiny_encoder):
     assert meta["objective"] == {"metric": "val_ua_mean", "mode": "max"} and meta["protocol"]["strict"] is True
     from study.tracking.runs import trial_tags
 
-    assert trial_tags(config, inputs.utterances)["strict"] == "true"
+    tags = trial_tags(config, inputs.utterances, {"method": "gmp_tl", "reconstructed": True})
+    assert tags["strict"] == "true" and tags["method"] == "gmp_tl" and tags["reconstructed"] == "true"
 
 
 def test_check_inputs_all_folds(small_manifest, tiny_encoder):

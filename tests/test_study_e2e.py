@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import collections
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from study.io import layout
 from study.cli import main
 from study.io.records import read_baseline_records, read_trial_records
-from study_runs import built_phases, cli, study_args
+from study_runs import built_phases, cli, first_wav, study_args
 
 
 def test_a_study_shares_phases_between_trials_and_lands_in_mlflow(small_manifest, tiny_encoder, tmp_path, capsys):
@@ -63,7 +62,7 @@ def test_a_study_shares_phases_between_trials_and_lands_in_mlflow(small_manifest
 
     # The best configuration's fold models as an ensemble, on new audio and on something that is not audio;
     # then the report and the audit. These commands run in-process (the study above ran the console script).
-    wav = _first_wav(small_manifest)
+    wav = first_wav(small_manifest)
     assert main(["predict", str(study_dir), str(wav)]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     probabilities = [float(part.split()[1]) for part in line.split("(")[1].rstrip(")").split("  ")]
@@ -91,13 +90,6 @@ def test_a_study_shares_phases_between_trials_and_lands_in_mlflow(small_manifest
     (later_record,) = read_trial_records(later_dir)
     assert all(fold["built"] == [] for fold in later_record["folds"])
     assert all(fold["built"] == [] for record in read_baseline_records(later_dir) for fold in record["folds"])  # the baselines too
-
-
-def _first_wav(manifest: Path) -> Path:
-    import csv
-
-    with open(manifest, newline="") as handle:
-        return Path(next(csv.DictReader(handle))["path"])
 
 
 def test_a_bad_study_file_fails_through_the_console_script_before_ray_starts(small_manifest, tiny_encoder, tmp_path):

@@ -23,7 +23,7 @@ from pydantic.dataclasses import dataclass
 
 POOLINGS = ("attention", "average")
 FRAME_HEADS = ("cosine", "linear")
-KMEANS_BACKENDS = ("sklearn", "cuml")
+KMEANS_BACKENDS = ("faiss", "cuml", "sklearn")
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -44,24 +44,6 @@ def _check(checks: list[tuple[bool, str, str]]) -> None:
             raise FieldError(field_name, problem)
 
 
-@stdlib_dataclass(frozen=True)
-class Candidate:
-    """One point of the search: the method's four searched hyperparameters."""
-
-    layer: int
-    clusters: int
-    mask_ratio: float
-    pooling: str
-
-    def validate(self) -> None:
-        if self.clusters < 2:
-            raise ValueError(f"clusters must be at least 2, got {self.clusters}")
-        if not 0.0 < self.mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-
-
 @dataclass(frozen=True, config=_STRICT)
 class TrainConfig:
     """Optimisation settings of one training phase."""
@@ -76,6 +58,9 @@ class TrainConfig:
     #: and the learning-rate schedule spans that. None: epochs alone.
     max_updates: int | None = None
     max_batch_seconds: float = 160.0  # padded audio per batch and rank: fits HuBERT-base on a 24 GB GPU in bf16
+    #: Gradient accumulation: each batch runs as forward/backward passes of at most this much padded audio, one
+    #: optimizer update per batch (the same updates in less memory: a CPU, or a smaller GPU). None: the whole batch at once.
+    micro_batch_seconds: float | None = None
     max_train_seconds: float | None = 15.0  # random crop of longer training utterances (IEMOCAP has a few > 30 s)
     grad_clip: float = 1.0
     patience: int | None = None  # stop after this many epochs without a better selection score; None = run all
@@ -89,6 +74,7 @@ class TrainConfig:
                 (self.lr > 0 and self.head_lr > 0, "lr", "lr and head_lr must be positive"),
                 (0 <= self.warmup_fraction < 1, "warmup_fraction", "warmup_fraction must be in [0, 1)"),
                 (self.max_batch_seconds > 0, "max_batch_seconds", "max_batch_seconds must be positive"),
+                (self.micro_batch_seconds is None or self.micro_batch_seconds > 0, "micro_batch_seconds", "micro_batch_seconds must be positive or null"),
                 (self.max_train_seconds is None or self.max_train_seconds > 0.05, "max_train_seconds", "max_train_seconds must be > 0.05 or null"),
                 (self.patience is None or self.patience >= 1, "patience", "patience must be at least 1 or null"),
                 (self.loader_workers >= 0, "loader_workers", "loader_workers must not be negative"),
@@ -119,6 +105,76 @@ class ClassifierConfig:
                 (0 <= self.dropout < 1, "dropout", "dropout must be in [0, 1)"),
                 (self.eval_max_batch_seconds > 0, "eval_max_batch_seconds", "eval_max_batch_seconds must be positive"),
                 (self.spec_augment is None or 0 <= self.spec_augment < 1, "spec_augment", "spec_augment must be in [0, 1) or null"),
+            ]
+        )
+
+
+EMOTION_HEADS = ("linear", "am_softmax")
+#: The utterance-level metadata tasks a classifier can learn beside the emotion (see trainables.data.metadata).
+AUX_TASKS = ("gender", "style")
+
+
+@dataclass(frozen=True, config=_STRICT)
+class UtteranceObjective:
+    """What an utterance classifier learns: its emotion head and loss, and auxiliary metadata tasks.
+
+    ``emotion_head: am_softmax`` (GMP-TL's stage 2) scores classes by the
+    cosine of the pooled vector and a class weight, times ``am_scale``; in
+    training the target class's cosine is lowered by ``am_margin`` first
+    (additive-margin softmax). ``aux`` gives each metadata task (``gender``,
+    ``style``) its loss weight: loss = CE_emotion + sum weight x CE_task.
+    The default is plain cross-entropy on the emotion alone.
+    """
+
+    emotion_head: Literal["linear", "am_softmax"] = "linear"
+    am_scale: float = 30.0
+    am_margin: float = 0.2
+    aux: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(
+            [
+                (self.am_scale > 0, "am_scale", "am_scale must be positive"),
+                (0 <= self.am_margin < 1, "am_margin", "am_margin must be in [0, 1): a cosine margin"),
+                (all(task in AUX_TASKS for task in self.aux), "aux", f"aux tasks must be among {AUX_TASKS}, got {sorted(self.aux)}"),
+                (all(weight > 0 for weight in self.aux.values()), "aux", "aux task weights must be positive"),
+            ]
+        )
+
+    @property
+    def is_default(self) -> bool:
+        return self == UtteranceObjective()
+
+
+INTEGRATIONS = ("ari", "layer_sum", "none")
+
+
+@dataclass(frozen=True, config=_STRICT)
+class MultitaskObjective:
+    """What a stage of the metadata-enhanced method learns (see trainables.models.multitask).
+
+    Loss = CE_emotion + sum ``aux[task]`` x CE_task + ``transcript_weight`` x CTC
+    (character CTC on ``ctc_layer``, -1 the last; 0 turns it off).
+    ``integration`` (``ari``, ``layer_sum`` or ``none``) and ``coattention``
+    shape the SER branch; ``encoder_lr_scale`` multiplies the encoder's
+    learning rate (0 freezes it).
+    """
+
+    aux: dict[str, float] = field(default_factory=dict)
+    transcript_weight: float = 0.0
+    ctc_layer: int = -1
+    integration: Literal["ari", "layer_sum", "none"] = "none"
+    coattention: bool = False
+    encoder_lr_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(
+            [
+                (all(task in AUX_TASKS for task in self.aux), "aux", f"aux tasks must be among {AUX_TASKS}, got {sorted(self.aux)}"),
+                (all(weight > 0 for weight in self.aux.values()), "aux", "aux task weights must be positive (leave a task out to turn it off)"),
+                (self.transcript_weight >= 0, "transcript_weight", "transcript_weight must be >= 0 (0: no CTC task)"),
+                (self.ctc_layer >= -1, "ctc_layer", "ctc_layer must be a hidden_states index >= 0, or -1 for the last layer"),
+                (self.encoder_lr_scale >= 0, "encoder_lr_scale", "encoder_lr_scale must be >= 0 (0 freezes the encoder)"),
             ]
         )
 
@@ -184,7 +240,7 @@ class KMeansConfig:
     n_init: int = 3
     max_iter: int = 100
     seed: int = 0
-    backend: str = "sklearn"
+    backend: str = "faiss"
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the offending field and its allowed values."""
@@ -207,7 +263,7 @@ class KMeansConfig:
 class KMeansSettings:
     """k-means settings fixed per study (K is searched)."""
 
-    backend: str = "sklearn"
+    backend: str = "faiss"  # CPU default; "cuml" on a GPU worker, "sklearn" as the reference
     max_fit_frames: int = 200_000  # about 1.1 h of 20 ms frames: plenty for K <= 150, bounded memory and time
     n_init: int = 3
     max_iter: int = 100

@@ -7,17 +7,19 @@ Design
   frames (:func:`sample_frames`); every frame is then labelled by
   :func:`assign_labels`. Fit cost therefore stays flat as the corpus grows, while
   labels cover the whole corpus.
-* **Two interchangeable fit backends, one labeller.** ``"sklearn"`` (CPU,
-  Lloyd with k-means++ init) and ``"cuml"`` (RAPIDS, GPU, scalable k-means++)
-  both implement :class:`KMeansBackend`: they turn a float32 sample into
-  centroids. Labels never come from a backend's own ``predict``; they come from
+* **Three interchangeable fit backends, one labeller.** ``"faiss"`` (CPU, the
+  default, as P-TAPT clusters: k-means++ seeding then faiss's Lloyd
+  iterations), ``"cuml"`` (RAPIDS, GPU, scalable k-means++) and ``"sklearn"``
+  (CPU, the reference: Lloyd with k-means++ init) all implement
+  :class:`KMeansBackend`: they turn a float32 sample into centroids. Labels
+  never come from a backend's own ``predict``; they come from
   :func:`assign_labels` (torch, batched, float32, CPU or CUDA), so the same
   centroids give the same labels whichever backend fitted them.
-* **cuML is optional.** It is imported only inside :func:`get_backend` when
-  ``"cuml"`` is asked for, so importing this module never needs a GPU.
+* **faiss and cuML are imported lazily,** inside :func:`get_backend`, so
+  importing this module needs neither (nor a GPU).
 * **Deterministic.** The sample depends only on ``(N, max_fit_frames, seed)``
-  and the sklearn fit on ``seed``: the same inputs give the same centroids and
-  labels on CPU.
+  and the faiss and sklearn fits on ``seed`` (faiss with its threads fixed):
+  the same inputs give the same centroids and labels on CPU.
 * **Memory.** ``frames`` may be a float16 ``np.memmap`` ``[N, D]`` far larger
   than RAM; only the sample (float32) and one batch at a time are materialised.
 """
@@ -104,6 +106,81 @@ class SklearnBackend:
         )
 
 
+# faiss's Lloyd loop has no convergence test: it runs ``niter`` iterations in
+# chunks of this many and stops once a chunk improves the objective by less than
+# ``_RELATIVE_TOL`` (sklearn's KMeans stops on a comparable centre shift).
+_FAISS_CHUNK = 5
+_RELATIVE_TOL = 1e-4
+# k-means++ seeding is O(K^2 * points): seed on at most this many points per
+# cluster (drawn from the fit sample), which keeps it near k-means++ quality.
+_SEED_POINTS_PER_CLUSTER = 64
+
+
+def kmeans_plusplus_seeds(sample: np.ndarray, clusters: int, seed: int) -> np.ndarray:
+    """k-means++ initial centroids ``[clusters, D]`` float32 of ``sample`` ``[M, D]``.
+
+    Seeds on a seeded subset of at most ``_SEED_POINTS_PER_CLUSTER * clusters``
+    rows with scikit-learn's ``kmeans_plusplus`` (in float64: its float32 path
+    upcasts chunk by chunk and is several times slower).
+    """
+    from sklearn.cluster import kmeans_plusplus
+
+    rng = np.random.default_rng(seed)
+    points = min(len(sample), _SEED_POINTS_PER_CLUSTER * clusters)
+    subset = sample if points == len(sample) else sample[np.sort(rng.choice(len(sample), size=points, replace=False))]
+    centres, _ = kmeans_plusplus(subset.astype(np.float64), clusters, random_state=seed)
+    return np.ascontiguousarray(centres, dtype=np.float32)
+
+
+class FaissBackend:
+    """faiss Lloyd iterations from k-means++ seeds on CPU; the best of ``n_init`` seedings.
+
+    Built by :func:`get_backend`, which imports faiss and passes the module.
+    faiss's OpenMP threads follow ``torch.get_num_threads()``, which the
+    runtime sets from the CPUs the phase was given.
+    """
+
+    name = "faiss"
+
+    def __init__(self, faiss_module) -> None:
+        self._faiss = faiss_module
+
+    def fit(self, sample: np.ndarray, config: KMeansConfig) -> tuple[np.ndarray, float, int]:
+        sample = np.ascontiguousarray(sample, dtype=np.float32)
+        self._faiss.omp_set_num_threads(torch.get_num_threads())
+        best: tuple[np.ndarray, float, int] | None = None
+        for attempt in range(config.n_init):
+            seed = (config.seed + attempt) % 2**32
+            centroids, objective, iterations = self._lloyd(
+                sample, kmeans_plusplus_seeds(sample, config.n_clusters, seed), config.max_iter, seed
+            )
+            if best is None or objective < best[1]:
+                best = (centroids, objective, iterations)
+        centroids, _, iterations = best
+        return centroids, self._inertia(sample, centroids), iterations
+
+    def _lloyd(self, sample: np.ndarray, centroids: np.ndarray, max_iter: int, seed: int) -> tuple[np.ndarray, float, int]:
+        done, previous, objective = 0, None, np.inf
+        while done < max_iter:
+            steps = min(_FAISS_CHUNK, max_iter - done)
+            model = self._faiss.Kmeans(
+                sample.shape[1], len(centroids), niter=steps, seed=seed, verbose=False,
+                max_points_per_centroid=len(sample), min_points_per_centroid=1,
+            )
+            model.train(sample, init_centroids=centroids)
+            centroids, objective, done = model.centroids, float(model.obj[-1]), done + steps
+            if previous is not None and previous - objective <= _RELATIVE_TOL * previous:
+                break
+            previous = objective
+        return np.ascontiguousarray(centroids, dtype=np.float32), objective, done
+
+    def _inertia(self, sample: np.ndarray, centroids: np.ndarray) -> float:
+        index = self._faiss.IndexFlatL2(sample.shape[1])
+        index.add(centroids)
+        distances, _ = index.search(sample, 1)
+        return float(distances.sum(dtype=np.float64))
+
+
 class CumlBackend:
     """RAPIDS cuML ``KMeans`` (scalable k-means++ init) on a CUDA GPU.
 
@@ -135,11 +212,20 @@ class CumlBackend:
 def get_backend(name: str) -> KMeansBackend:
     """The fit backend called ``name`` (one of ``KMEANS_BACKENDS``).
 
-    ``"cuml"`` imports cuML here and only here; where it cannot be imported a
-    ``RuntimeError`` says what it needs.
+    ``"faiss"`` and ``"cuml"`` import their library here and only here; where
+    it cannot be imported a ``RuntimeError`` says what it needs.
     """
     if name == "sklearn":
         return SklearnBackend()
+    if name == "faiss":
+        try:
+            import faiss
+        except ImportError as exc:
+            raise RuntimeError(
+                "k-means backend 'faiss' is unavailable: install it with `pip install faiss-cpu` "
+                f"(a dependency of ser-study), or use backend='sklearn' ({type(exc).__name__}: {exc})"
+            ) from exc
+        return FaissBackend(faiss)
     if name == "cuml":
         try:
             from cuml.cluster import KMeans as CumlKMeans

@@ -95,6 +95,12 @@ class Runtime:
             return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
         return model
 
+    def no_sync(self, model: nn.Module, last: bool):
+        """DDP's ``no_sync`` for every part of an accumulated batch but the ``last``; nothing without DDP."""
+        if isinstance(model, nn.parallel.DistributedDataParallel) and not last:
+            return model.no_sync()
+        return contextlib.nullcontext()
+
     def all_gather(self, obj: Any) -> list[Any]:
         """Every rank's ``obj``, in rank order (a list of one without distribution)."""
         if not self.distributed:

@@ -1,7 +1,9 @@
 """The training loop every training phase shares, readable top to bottom.
 
-Per epoch: train on this rank's bucketed batches, evaluate, keep the best
-state by the selection metric, report the metrics and a resumable checkpoint.
+Per epoch: train on this rank's bucketed batches (each one optimizer update,
+run as several forward/backward parts when ``micro_batch_seconds`` asks for
+gradient accumulation), evaluate, keep the best state by the selection
+metric, report the metrics and a resumable checkpoint.
 A restarted run (a worker died; the process was killed) resumes after the last
 reported epoch with the same optimizer, schedule and best-so-far state.
 """
@@ -104,7 +106,8 @@ def fit(
 ) -> FitResult:
     """Train ``model`` for ``cfg.epochs`` and return the best state by ``select`` (higher is better).
 
-    ``loss_fn(model, batch)`` returns the loss and extra metrics to log;
+    ``loss_fn(model, batch)`` returns the loss and extra metrics to log (0-d
+    tensors, summed on the device: the loop never waits on the host per step);
     ``evaluate(unwrapped_model)`` returns epoch metrics (it must hold ``select``
     if given). Without ``select`` the last epoch's state is returned.
     """
@@ -134,27 +137,33 @@ def fit(
         model.train()
         sampler.set_epoch(epoch)
         started = time.perf_counter()
-        totals: dict[str, float] = {"loss": 0.0}
-        audio_seconds = 0.0
+        totals: dict[str, torch.Tensor] = {}
+        samples = torch.zeros((), device=runtime.device)
+        steps = 0
         for batch in loader:
             if scheduler.last_epoch >= total_steps:
                 break  # the update budget (max_updates) ends inside this epoch
-            batch = batch.to(runtime.device)
-            with autocast(runtime.device):
-                loss, extra = loss_fn(model, batch)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            parts = batch.split(cfg.micro_batch_seconds, unwrap(model).encoder.info.sample_rate)
+            for index, part in enumerate(parts):
+                part = part.to(runtime.device)
+                share = len(part) / len(batch)  # each part's mean loss weighted by its share of the batch's utterances
+                with runtime.no_sync(model, last=index == len(parts) - 1):  # DDP all-reduces the gradients once, after the last part
+                    with autocast(runtime.device):
+                        loss, extra = loss_fn(model, part)
+                    (loss * share).backward()
+                for key, value in {"loss": loss.detach(), **extra}.items():
+                    totals[key] = totals[key] + share * value if key in totals else share * value.float()
+                samples += part.attention_mask.sum()
             if cfg.grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             scheduler.step()
-            totals["loss"] += float(loss.detach())
-            for key, value in extra.items():
-                totals[key] = totals.get(key, 0.0) + value
-            audio_seconds += float(batch.attention_mask.sum()) / unwrap(model).encoder.info.sample_rate
+            steps += 1
+        metrics = {f"train_{k}": v.item() / max(1, steps) for k, v in totals.items()}  # the epoch's one host sync
+        audio_seconds = samples.item() / unwrap(model).encoder.info.sample_rate
         seconds = time.perf_counter() - started
-        metrics = {f"train_{k}": v / max(1, steps_per_epoch) for k, v in totals.items()}
-        metrics.update(epoch=epoch, train_seconds=seconds, train_audio_s_per_s=audio_seconds * runtime.world_size / max(seconds, 1e-9))
+        metrics.update(epoch=epoch, train_steps=steps, train_seconds=seconds, train_audio_s_per_s=audio_seconds * runtime.world_size / max(seconds, 1e-9))
         if evaluate is not None:
             model.eval()
             with torch.no_grad(), autocast(runtime.device):

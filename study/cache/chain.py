@@ -33,6 +33,7 @@ class FoldResult:
     val: dict[str, Any]
     test: dict[str, Any]
     fold: dict[str, Any]
+    scored: str = ""  # the step whose artifact holds the scored model (predict loads it)
     artifacts: dict[str, str] = field(default_factory=dict)  # step -> cache key
     phases: dict[str, str] = field(default_factory=dict)  # step -> phase
     links: dict[str, list[str]] = field(default_factory=dict)  # step -> the steps it builds on
@@ -103,6 +104,7 @@ def run_fold_chain(
         val=outcome.val,
         test=outcome.test,
         fold=summary,
+        scored=outcome.scored,
         artifacts=outcome.artifacts,
         phases=outcome.phases,
         links=outcome.links,

@@ -81,6 +81,8 @@ def run_run_fold(args: argparse.Namespace) -> int:
             info.check_layer(layer, "--layer")
     except (ManifestError, EncoderError) as err:
         raise UserError(str(err)) from None
+    for param, problem in recipe.data_problems(params, utterances):
+        raise UserError(f"--param {param}: {problem} ({args.data})")
     if args.epochs is not None and args.epochs < 1:
         raise UserError("--epochs must be at least 1")
     protocol = FoldProtocol(seed=args.seed)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
-from typing import Annotated, Any, Generic, Iterator, Literal, Mapping, TypeVar, Union
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Iterator, Literal, Mapping, Sequence, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, TypeAdapter, ValidationError, field_validator, model_serializer, model_validator
 from pydantic_core import PydanticCustomError
@@ -22,6 +22,9 @@ from pydantic_core import PydanticCustomError
 from study.config.base import Invalid, Strict
 from trainables.recipes.base import FORMS
 from trainables.recipes.registry import get_recipe, recipe_names
+
+if TYPE_CHECKING:
+    from trainables.data.manifest import Utterance
 
 #: The parameter naming a study's methods.
 METHOD = "method"
@@ -290,6 +293,15 @@ class SearchSpace(BaseModel):
     def layers(self) -> list[int]:
         """Every encoder layer a candidate of the space can read, sorted."""
         return sorted({layer for method in self.methods() for combo in self._combinations(method) for layer in get_recipe(method).layers(combo)})
+
+    def data_problems(self, utterances: Sequence[Utterance]) -> list[tuple[str, str]]:
+        """``(parameter, problem)`` of the candidates whose method cannot run on ``utterances``, each once."""
+        problems: list[tuple[str, str]] = []
+        for method in self.methods():
+            recipe = get_recipe(method)
+            for combo in self._combinations(method):
+                problems += [p for p in recipe.data_problems(recipe.resolve(combo), utterances) if p not in problems]
+        return problems
 
     def max_clusters(self) -> int:
         """The largest k-means K a candidate of the space can fit (0 when no method clusters)."""

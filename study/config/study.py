@@ -269,6 +269,8 @@ class StudyConfig(Strict):
         except ManifestError as err:
             raise self.error("data.manifest", f"{err}; set data.manifest in the study file or --set data.manifest=PATH") from None
         folds = self.fold_sessions(utterances)
+        for param, problem in self.search.space.data_problems(utterances):
+            raise self.error(f"search.space.{param}", f"{problem} ({self.data.manifest})")
         protocol = self.protocol()
         built = {}
         for session in folds:

@@ -110,10 +110,13 @@ def start_trial(
     return run_id
 
 
-def trial_tags(config: "StudyConfig", utterances: Sequence["Utterance"]) -> dict[str, str]:
-    """The tags every trial run of ``config`` carries: the study, its protocol, data, code and encoder."""
+def trial_tags(config: "StudyConfig", utterances: Sequence["Utterance"], record: Mapping[str, Any]) -> dict[str, str]:
+    """The tags the run of ``record`` (a trial or a baseline of ``config``) carries: its method (and whether it is
+    reconstructed from an abstract), the study, its protocol, data, code and encoder."""
     protocol = config.protocol()
     return {
+        "method": record["method"],
+        "reconstructed": str(bool(record.get("reconstructed"))).lower(),
         STUDY_TAG: config.name,
         STUDY_DIR_TAG: str(config.storage.study_dir),
         "strict": str(protocol.strict).lower(),

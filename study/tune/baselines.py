@@ -38,7 +38,7 @@ def run_baselines(study_dir: str) -> None:
             continue
         record = new_record(f"baseline-{name}", "baseline", name, {}, study, utterances)
         tracker = TrialTracker(study.tracking_uri(), study.name)
-        tracker.start(record["trial_id"], record["params"], tags=trial_tags(study, utterances), kind="baseline",
+        tracker.start(record["trial_id"], record["params"], tags=trial_tags(study, utterances, record), kind="baseline",
                       fixed={"phases": to_plain(study.phase_settings()), "folds": study.fold_sessions(utterances), "seeds": study.study.seeds, "encoder": study.encoder})
         try:
             score(study_dir, study, utterances, record, tracker)

@@ -19,15 +19,22 @@ from torch.utils.data import Dataset, Sampler
 
 from trainables.data.audio import Crop, crop, load_waveform
 from trainables.data.manifest import Utterance
+from trainables.data.metadata import MetadataTask
+from trainables.data.transcripts import encode
 
 logger = logging.getLogger(__name__)
 
 
 class UtteranceDataset(Dataset):
-    """Utterances as ``{"waveform": [samples], "label": int, "utt_id": str, "index": int}``.
+    """Utterances as ``{"waveform": [samples], "label": int, "utt_id": str, "index": int, "aux": {task: int}}``.
 
     ``max_seconds`` crops longer utterances by ``crop_policy``; ``label_index``
-    maps class names to indices (utterances whose label it lacks get -1).
+    maps class names to indices (utterances whose label it lacks get -1);
+    ``aux_tasks`` are metadata tasks whose class index each item carries
+    (:data:`~trainables.data.metadata.IGNORE_INDEX` where the manifest lacks it);
+    with ``transcripts`` each item also carries its transcript's CTC ids
+    (``"text"``), empty when the utterance has none or was cropped (a crop no
+    longer says the whole transcript).
     """
 
     def __init__(
@@ -38,8 +45,12 @@ class UtteranceDataset(Dataset):
         max_seconds: float | None = None,
         crop_policy: Crop = Crop.RANDOM,
         seed: int = 0,
+        aux_tasks: Sequence[MetadataTask] = (),
+        transcripts: bool = False,
     ):
         self.utterances = list(utterances)
+        self.aux_tasks = tuple(aux_tasks)
+        self.transcripts = transcripts
         self.label_index = label_index
         self.sample_rate = sample_rate
         self.max_samples = None if max_seconds is None else int(max_seconds * sample_rate)
@@ -56,8 +67,13 @@ class UtteranceDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         utt = self.utterances[index]
-        waveform = crop(load_waveform(utt.path, self.sample_rate), self.max_samples, self.crop_policy, self.generator)
-        return {"waveform": waveform, "label": self.label_index.get(utt.label, -1), "utt_id": utt.utt_id, "index": index}
+        full = load_waveform(utt.path, self.sample_rate)
+        waveform = crop(full, self.max_samples, self.crop_policy, self.generator)
+        aux = {task.name: task.index(utt) for task in self.aux_tasks}
+        item = {"waveform": waveform, "label": self.label_index.get(utt.label, -1), "utt_id": utt.utt_id, "index": index, "aux": aux}
+        if self.transcripts:
+            item["text"] = encode(utt.transcript) if waveform.numel() == full.numel() else []
+        return item
 
 
 @dataclass
@@ -66,7 +82,10 @@ class Batch:
 
     waveforms: ``[B, T]`` float, zero-padded; attention_mask: ``[B, T]`` long (1 = real sample);
     labels: ``[B]`` long; utt_ids: B ids; indices: ``[B]`` long positions in the dataset;
-    frame_labels: per label set ``[B, frames]`` long (continued pretraining only).
+    frame_labels: per label set ``[B, frames]`` long and frame_mask: ``[B, frames]``
+    bool, True = masked (continued pretraining only); aux_labels: per metadata
+    task ``[B]`` long (-100 where unknown); text: CTC targets ``[B, S]`` long
+    (padded with 0) and text_lengths ``[B]`` (0: no transcript), when asked.
     """
 
     waveforms: torch.Tensor
@@ -75,6 +94,10 @@ class Batch:
     utt_ids: list[str]
     indices: torch.Tensor
     frame_labels: dict[str, torch.Tensor] = field(default_factory=dict)
+    frame_mask: torch.Tensor | None = None
+    aux_labels: dict[str, torch.Tensor] = field(default_factory=dict)
+    text: torch.Tensor | None = None
+    text_lengths: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> "Batch":
         return Batch(
@@ -84,10 +107,35 @@ class Batch:
             self.utt_ids,
             self.indices,
             {name: labels.to(device, non_blocking=True) for name, labels in self.frame_labels.items()},
+            None if self.frame_mask is None else self.frame_mask.to(device, non_blocking=True),
+            {name: labels.to(device, non_blocking=True) for name, labels in self.aux_labels.items()},
+            None if self.text is None else self.text.to(device, non_blocking=True),
+            None if self.text_lengths is None else self.text_lengths.to(device, non_blocking=True),
         )
 
     def __len__(self) -> int:
         return len(self.utt_ids)
+
+    def split(self, max_seconds: float | None, sample_rate: int) -> list["Batch"]:
+        """Consecutive parts of at most ``max_seconds`` of padded audio each (at least one utterance), for gradient accumulation.
+
+        Every part keeps the batch's padded length, so frame-level fields stay
+        aligned; a bucketed batch holds utterances of similar length, so little is padding.
+        """
+        seconds = self.waveforms.shape[1] / sample_rate
+        rows = len(self) if max_seconds is None else max(1, int(max_seconds // max(seconds, 1e-9)))
+        if rows >= len(self):
+            return [self]
+
+        def part(start: int, stop: int) -> "Batch":
+            pick = lambda tensor: None if tensor is None else tensor[start:stop]  # noqa: E731
+            return Batch(
+                self.waveforms[start:stop], self.attention_mask[start:stop], self.labels[start:stop], self.utt_ids[start:stop],
+                self.indices[start:stop], {name: labels[start:stop] for name, labels in self.frame_labels.items()}, pick(self.frame_mask),
+                {name: labels[start:stop] for name, labels in self.aux_labels.items()}, pick(self.text), pick(self.text_lengths),
+            )
+
+        return [part(start, min(start + rows, len(self))) for start in range(0, len(self), rows)]
 
 
 def collate(items: Sequence[dict]) -> Batch:
@@ -101,7 +149,14 @@ def collate(items: Sequence[dict]) -> Batch:
         mask[row, :length] = 1
     labels = torch.tensor([item["label"] for item in items], dtype=torch.long)
     indices = torch.tensor([item["index"] for item in items], dtype=torch.long)
-    return Batch(waveforms, mask, labels, [item["utt_id"] for item in items], indices)
+    aux = {name: torch.tensor([item["aux"][name] for item in items], dtype=torch.long) for name in items[0].get("aux", {})}
+    batch = Batch(waveforms, mask, labels, [item["utt_id"] for item in items], indices, aux_labels=aux)
+    if "text" in items[0]:
+        batch.text_lengths = torch.tensor([len(item["text"]) for item in items], dtype=torch.long)
+        batch.text = torch.zeros(len(items), max(1, int(batch.text_lengths.max())), dtype=torch.long)
+        for row, item in enumerate(items):
+            batch.text[row, : len(item["text"])] = torch.tensor(item["text"], dtype=torch.long)
+    return batch
 
 
 def padding_fraction(batches: Sequence[Sequence[int]], durations: Sequence[float]) -> float:

@@ -4,9 +4,11 @@ Layout (the real release, or the generated demo corpus, which copies it)::
 
     IEMOCAP_full_release/Session{1..5}/sentences/wav/<dialog>/<utt>.wav
     IEMOCAP_full_release/Session{1..5}/dialog/EmoEvaluation/<dialog>.txt
+    IEMOCAP_full_release/Session{1..5}/dialog/transcriptions/<dialog>.txt
 
 An ``EmoEvaluation`` line ``[start - end]<TAB>utt<TAB>label<TAB>[V, A, D]``
-gives the consensus label. The speaker's gender is the letter before the
+gives the consensus label; a transcription line ``utt [start-end]: text`` the
+words (a missing file or line leaves the transcript empty and is reported). The speaker's gender is the letter before the
 utterance's 3-digit index (``Ses01F_impro04_M012`` is male); the letter after
 ``Ses01`` belongs to the dialog.
 """
@@ -40,6 +42,7 @@ _EVAL_LINE = re.compile(
     r"^\[(?P<start>[\d.]+) - (?P<end>[\d.]+)\]\t(?P<utt>\S+)\t(?P<label>\S+)\t"
     r"\[(?P<v>[^,\]]+), (?P<a>[^,\]]+), (?P<d>[^,\]]+)\]\s*$"
 )
+_TRANSCRIPT_LINE = re.compile(r"^(?P<utt>\S+) \[[^\]]*\]:\s?(?P<text>.*?)\s*$")
 _UTT_ID = re.compile(r"^Ses(?P<session>\d{2})[FM]_(?P<dialog_rest>.+)_(?P<gender>[FM])(?P<index>\d{3})$")
 _READ_THREADS = 4  # soundfile releases the GIL while decoding; a few threads hide disk latency
 
@@ -121,6 +124,25 @@ def parse_evaluation_file(path: Path) -> tuple[list[EvalLine], list[Problem]]:
     return lines, problems
 
 
+def parse_transcription_file(path: Path) -> dict[str, str]:
+    """``{utt_id: text}`` of a ``transcriptions/<dialog>.txt`` file; lines of another form are skipped
+    (the release lists turns such as ``M: [BREATHING]`` without an utterance id)."""
+    texts = {}
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        match = _TRANSCRIPT_LINE.match(line)
+        if match is not None:
+            texts.setdefault(match["utt"], match["text"])
+    return texts
+
+
+def _transcripts(session_dir: Path, dialog: str, cache: dict[str, dict[str, str] | None]) -> dict[str, str] | None:
+    """The dialog's transcriptions (None when its file is missing), read once per dialog."""
+    if dialog not in cache:
+        path = session_dir / "dialog" / "transcriptions" / f"{dialog}.txt"
+        cache[dialog] = parse_transcription_file(path) if path.is_file() else None
+    return cache[dialog]
+
+
 def _session_dirs(release_dir: Path, sessions: Sequence[int]) -> dict[int, Path]:
     dirs = {}
     for session in sessions:
@@ -166,9 +188,10 @@ def read_iemocap(
         raise CorpusError(f"sessions must be a non-empty subset of 1..5, got {list(sessions)}")
     release_dir = find_release_dir(root)
     reading = CorpusReading(release_dir=release_dir, label_set=label_set)
-    candidates: list[tuple[EvalLine, int, Path]] = []
+    candidates: list[tuple[EvalLine, int, Path, str]] = []
     seen: dict[str, Path] = {}
     for session, session_dir in _session_dirs(release_dir, sessions).items():
+        transcriptions: dict[str, dict[str, str] | None] = {}
         eval_files = sorted(p for p in (session_dir / "dialog" / "EmoEvaluation").glob("*.txt") if not p.name.startswith("._"))
         if not eval_files:
             raise CorpusError(f"session {session} has no evaluation files in {session_dir / 'dialog' / 'EmoEvaluation'}")
@@ -186,11 +209,17 @@ def read_iemocap(
                 if mapped is None:
                     reading.outside_label_set[line.raw_label] += 1
                     continue
-                candidates.append((line, session, wav))
+                texts = _transcripts(session_dir, eval_file.stem, transcriptions)
+                text = None if texts is None else texts.get(line.utt_id)
+                if text is None:
+                    where = session_dir / "dialog" / "transcriptions" / f"{eval_file.stem}.txt"
+                    problem = "no transcription file for its dialog" if texts is None else "no line in its dialog's transcription file"
+                    reading.problems.append(Problem(str(where), line.utt_id, problem, "kept: empty transcript"))
+                candidates.append((line, session, wav, text or ""))
 
     with ThreadPoolExecutor(_READ_THREADS) as pool:
         checks = list(pool.map(lambda c: _check_wav(c[2]), candidates))
-    for (line, session, wav), (info, reason) in zip(candidates, checks):
+    for (line, session, wav, text), (info, reason) in zip(candidates, checks):
         if info is None:
             reading.problems.append(Problem(str(wav), line.utt_id, reason or "unusable", "excluded"))
             continue
@@ -198,7 +227,7 @@ def read_iemocap(
             reading.problems.append(Problem(str(wav), line.utt_id, f"wav has {info.channels} channels", "kept: mixed down to mono at load"))
         if info.samplerate != 16000:
             reading.problems.append(Problem(str(wav), line.utt_id, f"wav is at {info.samplerate} Hz, not 16000 Hz", "kept: resampled at load"))
-        reading.utterances.append(_utterance(line, session, wav, info, label_set))
+        reading.utterances.append(_utterance(line, session, wav, info, label_set, text))
 
     if not reading.utterances:
         raise CorpusError(f"no usable utterance found under {release_dir} (see the problems above)")
@@ -221,7 +250,7 @@ def _line_problem(line: EvalLine, session: int, eval_file: Path, seen: dict[str,
     return None
 
 
-def _utterance(line: EvalLine, session: int, wav: Path, info, label_set: LabelSet) -> Utterance:
+def _utterance(line: EvalLine, session: int, wav: Path, info, label_set: LabelSet, transcript: str) -> Utterance:
     match = _UTT_ID.match(line.utt_id)
     gender = match["gender"]
     dialog = line.source.stem
@@ -241,6 +270,7 @@ def _utterance(line: EvalLine, session: int, wav: Path, info, label_set: LabelSe
         valence=line.valence,
         arousal=line.arousal,
         dominance=line.dominance,
+        transcript=transcript,
     )
 
 

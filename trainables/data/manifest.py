@@ -37,9 +37,12 @@ class Utterance:
     valence: float
     arousal: float
     dominance: float
+    transcript: str = ""  # from dialog/transcriptions/<dialog>.txt; empty when the release lacks it
 
 
 MANIFEST_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Utterance))
+#: Columns a manifest written before they existed may lack: read as their default.
+OPTIONAL_COLUMNS = frozenset({"transcript"})
 _CONVERTERS = {
     "session": int,
     "duration_s": float,
@@ -98,7 +101,8 @@ def read_manifest(path: str | Path) -> list[Utterance]:
         raise ManifestError(f"manifest {path} does not exist; create it with `ser-study prepare IEMOCAP_ROOT --out {path}`")
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
-        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
+        present = set(reader.fieldnames or [])
+        missing = [c for c in MANIFEST_COLUMNS if c not in present and c not in OPTIONAL_COLUMNS]
         if missing:
             raise ManifestError(
                 f"manifest {path} lacks the columns {missing}; regenerate it with `ser-study prepare`"
@@ -108,6 +112,8 @@ def read_manifest(path: str | Path) -> list[Utterance]:
         for line_no, row in enumerate(reader, start=2):
             values: dict[str, object] = {}
             for name in MANIFEST_COLUMNS:
+                if name not in present:
+                    continue
                 raw = row[name]
                 try:
                     if name == "improvised":

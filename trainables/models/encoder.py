@@ -278,7 +278,18 @@ def make_tiny_encoder(out: str | Path, config: TinyEncoderConfig = TinyEncoderCo
         layerdrop=0.0,
         vocab_size=32,
     )
-    model = HubertModel(hf_config)
-    info = EncoderInfo.from_config(out, hf_config, DEFAULT_SAMPLE_RATE, normalize=False)
-    SpeechEncoder(model, info).save(out)
+    return save_random_encoder(out, hf_config, normalize=False)
+
+
+def save_random_encoder(out: str | Path, hf_config: HubertConfig, normalize: bool, seed: int | None = None) -> Path:
+    """Save a randomly initialised HuBERT of ``hf_config`` to ``out`` and return ``out``.
+
+    ``hf_config = HubertConfig()`` is HuBERT-base's exact architecture (the
+    real-size path, with nothing downloaded); ``normalize`` is whether its
+    feature extractor standardises each waveform (HuBERT-base's does not).
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    info = EncoderInfo.from_config(out, hf_config, DEFAULT_SAMPLE_RATE, normalize=normalize)
+    SpeechEncoder(HubertModel(hf_config), info).save(out)
     return Path(out)

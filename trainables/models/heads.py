@@ -20,6 +20,39 @@ FRAME_HEADS = ("cosine", "linear")
 
 
 HEAD_NORMS = ("none", "batch")
+#: Utterance heads: a linear layer, or cosine similarity to class weights times a scale (AM-Softmax's head).
+CLASS_HEADS = ("linear", "cosine")
+
+
+class CosineClassHead(nn.Module):
+    """``scale * cos(x, w_c)`` for every class ``c``: pooled ``[B, H]`` -> logits ``[B, C]``.
+
+    The head of additive-margin softmax (:func:`am_softmax_loss` lowers the
+    target's cosine by a margin in training); at prediction the logits are the
+    scaled cosines, so the argmax is the nearest class direction.
+    """
+
+    def __init__(self, hidden_size: int, num_classes: int, scale: float = 30.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(num_classes, hidden_size) * hidden_size**-0.5)
+        self.scale = scale
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.normalize(pooled.float(), dim=-1) @ F.normalize(self.weight.float(), dim=-1).T
+
+
+def am_softmax_loss(logits: torch.Tensor, labels: torch.Tensor, scale: float, margin: float, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Additive-margin softmax: cross-entropy of ``logits`` ``[B, C]`` (``scale * cos``) with ``scale * margin`` taken off each target's logit.
+
+    The target logit becomes ``scale * (cos - margin)``, the others stay
+    ``scale * cos``; ``weight`` ``[C]`` weighs the classes as ``cross_entropy`` does.
+    """
+    target = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
+    return F.cross_entropy(logits - scale * margin * target, labels, weight=weight)
 
 
 class PooledNorm(nn.BatchNorm1d):
@@ -39,7 +72,7 @@ class PooledNorm(nn.BatchNorm1d):
 
 
 class UtteranceClassifier(nn.Module):
-    """Encoder -> pooling over valid frames -> (optionally) standardised -> one linear head per task.
+    """Encoder -> pooling over valid frames -> (optionally) standardised -> one head per task (linear, or cosine: ``head_kinds``).
 
     ``head_norm="batch"`` standardises each dimension of the pooled vector over
     the batch (a ``BatchNorm1d`` without scale or shift; running statistics at
@@ -49,17 +82,36 @@ class UtteranceClassifier(nn.Module):
     ``forward`` returns ``{task: logits [B, classes]}``.
     """
 
-    def __init__(self, encoder: SpeechEncoder, pooling: str, tasks: Mapping[str, int], dropout: float = 0.1, head_norm: str = "none"):
+    def __init__(
+        self,
+        encoder: SpeechEncoder,
+        pooling: str,
+        tasks: Mapping[str, int],
+        dropout: float = 0.1,
+        head_norm: str = "none",
+        head_kinds: Mapping[str, str] | None = None,
+        cosine_scale: float = 30.0,
+    ):
         super().__init__()
         if head_norm not in HEAD_NORMS:
             raise ValueError(f"head_norm must be one of {HEAD_NORMS}, got {head_norm!r}")
+        self.head_kinds = {task: (head_kinds or {}).get(task, "linear") for task in tasks}
+        unknown = {kind for kind in self.head_kinds.values() if kind not in CLASS_HEADS}
+        if unknown:
+            raise ValueError(f"head kinds must be among {CLASS_HEADS}, got {sorted(unknown)}")
         self.encoder = encoder
         self.pooling_name = pooling
         self.head_norm = head_norm
+        self.cosine_scale = cosine_scale
         self.pooling = make_pooling(pooling, encoder.hidden_size)
         self.norm = PooledNorm(encoder.hidden_size) if head_norm == "batch" else nn.Identity()
         self.dropout = nn.Dropout(dropout)
-        self.heads = nn.ModuleDict({task: nn.Linear(encoder.hidden_size, n) for task, n in tasks.items()})
+        self.heads = nn.ModuleDict(
+            {
+                task: CosineClassHead(encoder.hidden_size, n, cosine_scale) if self.head_kinds[task] == "cosine" else nn.Linear(encoder.hidden_size, n)
+                for task, n in tasks.items()
+            }
+        )
 
     def pooled(self, waveforms: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The utterance vectors ``[B, H]`` the heads read (after pooling and the head's normalisation)."""
@@ -100,15 +152,20 @@ def make_frame_head(kind: str, hidden_size: int, num_labels: int) -> nn.Module:
 class FramePredictor(nn.Module):
     """Encoder with masked frames -> one frame head per pseudo-label set.
 
-    ``forward`` returns ``{label_set: logits [M, K]}`` for the M masked valid frames.
+    ``forward`` returns ``{label_set: logits [M, K]}`` for the M selected valid
+    frames (``frame_mask``). With ``mask_input`` (masked prediction, HuBERT's
+    objective) the selected frames are replaced by the mask embedding before
+    the transformer; without it the encoder sees every frame and the heads
+    classify the selected ones (plain frame classification).
     """
 
-    def __init__(self, encoder: SpeechEncoder, label_sets: Mapping[str, int], head: str = "cosine"):
+    def __init__(self, encoder: SpeechEncoder, label_sets: Mapping[str, int], head: str = "cosine", mask_input: bool = True):
         super().__init__()
         self.encoder = encoder
+        self.mask_input = mask_input
         self.heads = nn.ModuleDict({name: make_frame_head(head, encoder.hidden_size, k) for name, k in label_sets.items()})
 
-    def forward(self, waveforms: torch.Tensor, attention_mask: torch.Tensor, mask_time_indices: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = self.encoder(waveforms, attention_mask, mask_time_indices=mask_time_indices)
-        selected = out.last_hidden[mask_time_indices & out.frame_mask]
+    def forward(self, waveforms: torch.Tensor, attention_mask: torch.Tensor, frame_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.encoder(waveforms, attention_mask, mask_time_indices=frame_mask if self.mask_input else None)
+        selected = out.last_hidden[frame_mask & out.frame_mask]
         return {name: head(selected) for name, head in self.heads.items()}

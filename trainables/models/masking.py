@@ -46,6 +46,6 @@ def span_mask(frame_lengths: torch.Tensor, num_frames: int, mask_ratio: float, r
     return torch.from_numpy(mask)
 
 
-def achieved_ratio(mask: torch.Tensor, frame_lengths: torch.Tensor) -> float:
-    """Masked frames over valid frames, for the whole batch."""
-    return float(mask.sum()) / max(1, int(frame_lengths.sum()))
+def achieved_ratio(mask: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+    """Masked frames over valid frames, for the whole batch: a 0-d float tensor on ``mask``'s device (no host sync)."""
+    return mask.sum() / frame_lengths.sum().clamp(min=1)

@@ -1,8 +1,10 @@
 """Utterance classification training, shared by TAPT and fine-tuning.
 
-Both phases train encoder + pooling + linear head on utterance labels with
+Both phases train encoder + pooling + heads on utterance labels with
 class-weighted cross-entropy and keep the epoch with the best validation UA;
-they differ in the starting encoder and the pooling.
+they differ in the starting encoder and the pooling. An
+:class:`~trainables.config.UtteranceObjective` may swap the emotion head for
+AM-Softmax and add metadata tasks (gender, style) as weighted auxiliary heads.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from trainables.config import ClassifierConfig
+from trainables.config import ClassifierConfig, UtteranceObjective
 from trainables.data.audio import Crop
 from trainables.data.batching import Batch, UtteranceDataset
 from trainables.data.manifest import Utterance
 from trainables.metrics import classification_metrics
 from trainables.models.encoder import load_encoder
-from trainables.models.heads import UtteranceClassifier
+from trainables.data.metadata import IGNORE_INDEX, metadata_task
+from trainables.models.heads import UtteranceClassifier, am_softmax_loss
 from trainables.runtime import Runtime
 from trainables.training import FitResult, fit, make_loader, predict_logits, seed_everything
 
@@ -59,23 +62,41 @@ def train_classifier(
     classes: Sequence[str],
     cfg: ClassifierConfig,
     runtime: Runtime,
+    objective: UtteranceObjective = UtteranceObjective(),
 ) -> tuple[UtteranceClassifier, FitResult]:
-    """Train a classifier from ``encoder_path``; return it with the best validation-UA state loaded."""
+    """Train a classifier from ``encoder_path`` for ``objective``; return it with the best validation-UA state loaded."""
     seed_everything(cfg.train.seed + runtime.rank)
     encoder = load_encoder(encoder_path, freeze_feature_encoder=cfg.freeze_feature_encoder, spec_augment=cfg.spec_augment)
     label_index = {c: i for i, c in enumerate(classes)}
-    model = UtteranceClassifier(encoder, pooling, {EMOTION_TASK: len(classes)}, dropout=cfg.dropout, head_norm=cfg.head_norm)
+    aux_tasks = [metadata_task(name) for name in objective.aux]
+    model = UtteranceClassifier(
+        encoder, pooling, {EMOTION_TASK: len(classes), **{task.name: len(task.classes) for task in aux_tasks}},
+        dropout=cfg.dropout, head_norm=cfg.head_norm,
+        head_kinds={EMOTION_TASK: "cosine" if objective.emotion_head == "am_softmax" else "linear"}, cosine_scale=objective.am_scale,
+    )
     rate = encoder.info.sample_rate
-    train_set = UtteranceDataset(train, label_index, rate, cfg.train.max_train_seconds, Crop.RANDOM, seed=cfg.train.seed + runtime.rank)
+    train_set = UtteranceDataset(train, label_index, rate, cfg.train.max_train_seconds, Crop.RANDOM, seed=cfg.train.seed + runtime.rank, aux_tasks=aux_tasks)
     val_set = UtteranceDataset(val, label_index, rate, None, Crop.NONE)
     weights = class_weights([label_index[u.label] for u in train], len(classes)) if cfg.class_weighting else None
     weights = None if weights is None else weights.to(runtime.device)
     loader, sampler = make_loader(train_set, cfg.train, runtime, shuffle=True)
 
     def loss_fn(net, batch: Batch):
-        logits = net(batch.waveforms, batch.attention_mask)[EMOTION_TASK]
-        loss = F.cross_entropy(logits.float(), batch.labels, weight=weights)
-        return loss, {"accuracy": float((logits.argmax(1) == batch.labels).float().mean())}
+        outputs = net(batch.waveforms, batch.attention_mask)
+        logits = outputs[EMOTION_TASK].float()
+        if objective.emotion_head == "am_softmax":
+            loss = am_softmax_loss(logits, batch.labels, objective.am_scale, objective.am_margin, weight=weights)
+        else:
+            loss = F.cross_entropy(logits, batch.labels, weight=weights)
+        extra = {"accuracy": (logits.argmax(1) == batch.labels).float().mean().detach()}
+        for task, weight in objective.aux.items():
+            targets = batch.aux_labels[task]
+            task_loss = F.cross_entropy(outputs[task].float(), targets, ignore_index=IGNORE_INDEX).nan_to_num(0.0)  # a batch with no known value
+            loss = loss + weight * task_loss
+            known = targets != IGNORE_INDEX
+            extra[f"{task}_loss"] = task_loss.detach()
+            extra[f"{task}_accuracy"] = ((outputs[task].argmax(1) == targets) & known).sum() / known.sum().clamp(min=1)
+        return loss, extra
 
     def evaluate(net):
         metrics, _, _ = evaluate_classifier(net, val_set, classes, cfg, runtime)
@@ -91,7 +112,10 @@ def save_classifier(model: UtteranceClassifier, classes: Sequence[str], director
     model.encoder.save(directory / "encoder")
     head_state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("encoder.")}
     save_file(head_state, str(directory / HEADS_FILE))
-    description = {"pooling": model.pooling_name, "head_norm": model.head_norm, "classes": list(classes), "tasks": {t: h.out_features for t, h in model.heads.items()}}
+    description = {
+        "pooling": model.pooling_name, "head_norm": model.head_norm, "classes": list(classes),
+        "tasks": {t: h.out_features for t, h in model.heads.items()}, "head_kinds": model.head_kinds, "cosine_scale": model.cosine_scale,
+    }
     (directory / CLASSIFIER_FILE).write_text(json.dumps(description, indent=2))
 
 
@@ -99,7 +123,10 @@ def load_classifier(directory: Path) -> tuple[UtteranceClassifier, list[str]]:
     """Load what :func:`save_classifier` wrote, for prediction."""
     description = json.loads((directory / CLASSIFIER_FILE).read_text())
     encoder = load_encoder(directory / "encoder")
-    model = UtteranceClassifier(encoder, description["pooling"], description["tasks"], head_norm=description.get("head_norm", "none"))
+    model = UtteranceClassifier(
+        encoder, description["pooling"], description["tasks"], head_norm=description.get("head_norm", "none"),
+        head_kinds=description.get("head_kinds"), cosine_scale=description.get("cosine_scale", 30.0),
+    )
     missing, unexpected = model.load_state_dict(load_file(str(directory / HEADS_FILE)), strict=False)
     if unexpected or any(not k.startswith("encoder.") for k in missing):
         raise ValueError(f"{directory} does not match its classifier description (missing {missing}, unexpected {unexpected})")

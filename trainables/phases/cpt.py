@@ -5,6 +5,8 @@ frames covering ``mask_ratio`` of each utterance are replaced by the mask
 embedding before the transformer, which learns to predict the masked frames'
 pseudo labels (HuBERT-style cosine head, or a linear head). Several pseudo-label
 sets (e.g. several K at once, as GMP-TL does) get one head each, losses summed.
+``mask_ratio`` 0 trains plain frame classification instead: nothing masked,
+every valid frame's labels predicted.
 """
 
 from __future__ import annotations
@@ -39,17 +41,30 @@ class PseudoLabelError(ValueError):
 
 
 class FrameLabelDataset(UtteranceDataset):
-    """Utterances with their frame pseudo labels (one ``[frames]`` array per label set).
+    """Utterances with their frame pseudo labels (one ``[frames]`` array per label set) and span mask.
 
     Long utterances are cropped at a multiple of the encoder's frame stride, so
-    the cropped waveform's frames are exactly a slice of the full one's.
+    the cropped waveform's frames are exactly a slice of the full one's. Each
+    item's mask (``mask_ratio`` of its frames in spans of ``span``) is drawn
+    here, on the loader's side, so the training step never waits on the host.
     """
 
-    def __init__(self, utterances: Sequence[Utterance], label_sets: Mapping[str, Mapping[str, np.ndarray]], info: EncoderInfo, max_seconds: float | None, seed: int):
+    def __init__(
+        self,
+        utterances: Sequence[Utterance],
+        label_sets: Mapping[str, Mapping[str, np.ndarray]],
+        info: EncoderInfo,
+        max_seconds: float | None,
+        seed: int,
+        mask_ratio: float,
+        span: int,
+    ):
         super().__init__(utterances, {}, info.sample_rate, max_seconds, Crop.START, seed=seed)
         self.info = info
         self.label_sets = label_sets
         self.crop_samples = self.max_samples
+        self.mask_ratio = mask_ratio
+        self.span = span
         self.rng = np.random.default_rng(seed)
 
     def __getitem__(self, index: int) -> dict:
@@ -71,12 +86,21 @@ class FrameLabelDataset(UtteranceDataset):
             waveform = waveform[start_frame * stride : start_frame * stride + self.crop_samples]
             kept = self.info.frame_count(waveform.numel())
             labels = {name: values[start_frame : start_frame + kept] for name, values in labels.items()}
-        return {"waveform": waveform, "label": -1, "utt_id": utt.utt_id, "index": index, "frame_labels": labels}
+            frames = kept
+        if self.mask_ratio > 0:
+            mask = span_mask(torch.tensor([frames]), frames, self.mask_ratio, self.rng, self.span)[0]
+        else:  # frame classification: every frame is a target, none is hidden
+            mask = torch.ones(frames, dtype=torch.bool)
+        return {"waveform": waveform, "label": -1, "utt_id": utt.utt_id, "index": index, "frame_labels": labels, "frame_mask": mask}
 
 
 def collate_frames(items: Sequence[dict]) -> Batch:
-    """:func:`collate`, plus ``frame_labels``: ``{set: [B, max_frames]}`` padded with -100."""
+    """:func:`collate`, plus ``frame_labels``: ``{set: [B, max_frames]}`` padded with -100, and ``frame_mask`` ``[B, max_frames]`` padded with False."""
     batch = collate(items)
+    longest = max(len(item["frame_mask"]) for item in items)
+    batch.frame_mask = torch.zeros(len(items), longest, dtype=torch.bool)
+    for row, item in enumerate(items):
+        batch.frame_mask[row, : len(item["frame_mask"])] = item["frame_mask"]
     for name in items[0]["frame_labels"]:
         longest = max(len(item["frame_labels"][name]) for item in items)
         table = torch.full((len(items), longest), IGNORE, dtype=torch.long)
@@ -100,8 +124,8 @@ def run_cpt(
 
     ``clusterings`` maps a label-set name (e.g. ``"k50"``) to its clustering artifact.
     """
-    if not 0.0 < mask_ratio < 1.0:
-        raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+    if not 0.0 <= mask_ratio < 1.0:
+        raise ValueError(f"mask_ratio must be in [0, 1) (0: frame classification, nothing masked), got {mask_ratio}")
     started = time.perf_counter()
     seed_everything(cfg.train.seed + runtime.rank)
     encoder = load_encoder(init_encoder, freeze_feature_encoder=cfg.freeze_feature_encoder)
@@ -111,22 +135,21 @@ def run_cpt(
         if missing:
             raise PseudoLabelError(f"label set {name!r} has no pseudo labels for {len(missing)} utterances, e.g. {missing[:3]}")
     num_labels = {name: int(max(t.max() for t in table.values())) + 1 for name, table in tables.items()}
-    model = FramePredictor(encoder, num_labels, head=cfg.head)
-    dataset = FrameLabelDataset(utterances, tables, encoder.info, cfg.train.max_train_seconds, seed=cfg.train.seed + runtime.rank)
+    model = FramePredictor(encoder, num_labels, head=cfg.head, mask_input=mask_ratio > 0)
+    dataset = FrameLabelDataset(
+        utterances, tables, encoder.info, cfg.train.max_train_seconds, seed=cfg.train.seed + runtime.rank, mask_ratio=mask_ratio, span=cfg.span
+    )
     loader, sampler = make_loader(dataset, cfg.train, runtime, shuffle=True, collate_fn=collate_frames)
-    mask_rng = np.random.default_rng([cfg.train.seed, runtime.rank])
-    info = encoder.info
 
     def loss_fn(net, batch: Batch):
-        frame_lengths = info.frame_lengths(batch.attention_mask.sum(dim=1)).cpu()
-        num_frames = next(iter(batch.frame_labels.values())).shape[1]
-        mask = span_mask(frame_lengths, num_frames, mask_ratio, mask_rng, cfg.span).to(runtime.device)
+        mask = batch.frame_mask
         logits = net(batch.waveforms, batch.attention_mask, mask)
-        losses, extra = [], {"mask_ratio": achieved_ratio(mask, frame_lengths)}
+        valid_frames = (next(iter(batch.frame_labels.values())) != IGNORE).sum(dim=1)
+        losses, extra = [], {"mask_ratio": achieved_ratio(mask, valid_frames)}
         for name, name_logits in logits.items():
-            targets = batch.frame_labels[name].to(runtime.device)[mask]
+            targets = batch.frame_labels[name][mask]
             losses.append(F.cross_entropy(name_logits.float(), targets, ignore_index=IGNORE))
-            extra[f"{name}_accuracy"] = float((name_logits.argmax(1) == targets).float().mean()) if targets.numel() else 0.0
+            extra[f"{name}_accuracy"] = (name_logits.argmax(1) == targets).float().mean().nan_to_num(0.0).detach()
         return sum(losses), extra
 
     result = fit(model, loader, sampler, loss_fn, cfg.train, runtime)

@@ -20,7 +20,8 @@ from trainables.data.batching import UtteranceDataset
 from trainables.data.manifest import Utterance
 from trainables.phases.artifacts import classifier_dir, describe_utterances, write_record
 from trainables.phases.evaluation import write_evaluation
-from trainables.phases.classifier import ClassifierConfig, evaluate_classifier, save_classifier, train_classifier
+from trainables.config import ClassifierConfig, UtteranceObjective
+from trainables.phases.classifier import evaluate_classifier, save_classifier, train_classifier
 from trainables.runtime import Runtime, training_record
 
 
@@ -34,10 +35,11 @@ def run_finetune(
     cfg: ClassifierConfig,
     out: Path,
     runtime: Runtime,
+    objective: UtteranceObjective = UtteranceObjective(),
 ) -> dict:
     """Fine-tune, select on ``val``, score on ``test``; returns ``{"val": ..., "test": ...}`` metrics."""
     started = time.perf_counter()
-    model, result = train_classifier(encoder, pooling, train, val, classes, cfg, runtime)
+    model, result = train_classifier(encoder, pooling, train, val, classes, cfg, runtime, objective)
     model = model.to(runtime.device).eval()
     label_index = {c: i for i, c in enumerate(classes)}
     test_set = UtteranceDataset(test, label_index, model.encoder.info.sample_rate, None, Crop.NONE)
@@ -57,7 +59,7 @@ def run_finetune(
                     "finetune",
                     started,
                     runtime,
-                    params={"config": cfg, "pooling": pooling, "classes": list(classes)},
+                    params={"config": cfg, "pooling": pooling, "classes": list(classes), "objective": objective},
                     upstream={"encoder": str(encoder)},
                     used={"trained_on": describe_utterances(train), "selected_on": describe_utterances(val), "tested_on": describe_utterances(test)},
                     results={"metrics": metrics, "history": result.history, "resumed_from_epoch": result.resumed_from_epoch},

@@ -57,6 +57,8 @@ PHASE_KINDS: Mapping[str, PhaseKind] = MappingProxyType(
         "score": PhaseKind("scoring", 1, _TESTED),
         "egemaps_features": PhaseKind("eGeMAPS features", 1, {"featurized": Role("computed fixed eGeMAPS functionals of (nothing learnt)", FOLD_SET, FIXED)}),
         "egemaps": PhaseKind("eGeMAPS", 1, {**_SUPERVISED, **_TESTED}),
+        "mtl_stage1": PhaseKind("multi-task stage 1", 1, _SUPERVISED),
+        "mtl_stage2": PhaseKind("multi-task stage 2", 1, {**_SUPERVISED, **_TESTED}),
     }
 )
 #: The phase kinds, in the order reports list them.

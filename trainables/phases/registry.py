@@ -15,10 +15,13 @@ from trainables.phases.cpt import run_cpt
 from trainables.phases.egemaps import run_egemaps, run_egemaps_features
 from trainables.phases.embeddings import run_embeddings
 from trainables.phases.finetune import run_finetune
+from trainables.phases.multitask import run_stage1, run_stage2
 from trainables.phases.score import run_score
 from trainables.phases.tapt import run_tapt
 
-TRAINING_PHASES: dict[str, Callable[..., Any]] = {"tapt": run_tapt, "cpt": run_cpt, "finetune": run_finetune}
+TRAINING_PHASES: dict[str, Callable[..., Any]] = {
+    "tapt": run_tapt, "cpt": run_cpt, "finetune": run_finetune, "mtl_stage1": run_stage1, "mtl_stage2": run_stage2,
+}
 TASK_PHASES: dict[str, Callable[..., Any]] = {
     "embeddings": run_embeddings, "clustering": run_clustering, "score": run_score,
     "egemaps_features": run_egemaps_features, "egemaps": run_egemaps,

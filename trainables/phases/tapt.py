@@ -19,7 +19,7 @@ from trainables.atomic import atomic_directory
 from trainables.data.manifest import Utterance
 from trainables.phases.artifacts import encoder_fingerprint
 from trainables.phases.artifacts import describe_utterances, write_record
-from trainables.config import TaptConfig
+from trainables.config import TaptConfig, UtteranceObjective
 from trainables.phases.classifier import save_classifier, train_classifier
 from trainables.runtime import Runtime, training_record
 
@@ -31,10 +31,11 @@ def run_tapt(
     cfg: TaptConfig,
     out: Path,
     runtime: Runtime,
+    objective: UtteranceObjective = UtteranceObjective(),
 ) -> dict:
     """Build the TAPT artifact at ``out``; returns the best validation metrics."""
     started = time.perf_counter()
-    model, result = train_classifier(encoder, cfg.pooling, train, val, classes, cfg, runtime)
+    model, result = train_classifier(encoder, cfg.pooling, train, val, classes, cfg, runtime, objective)
     if runtime.is_main:
         with atomic_directory(out) as tmp:
             save_classifier(model, classes, tmp)  # the encoder lands in encoder_dir(tmp)
@@ -44,7 +45,7 @@ def run_tapt(
                     "tapt",
                     started,
                     runtime,
-                    params={"config": cfg, "pooling": cfg.pooling, "classes": list(classes)},
+                    params={"config": cfg, "pooling": cfg.pooling, "classes": list(classes), "objective": objective},
                     upstream={"encoder": str(encoder), "encoder_fingerprint": encoder_fingerprint(encoder)},
                     used={"trained_on": describe_utterances(train), "selected_on": describe_utterances(val)},
                     results={"best": result.best_metrics, "history": result.history, "resumed_from_epoch": result.resumed_from_epoch},

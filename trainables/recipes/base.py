@@ -148,6 +148,7 @@ class FoldOutcome:
 
     val: dict[str, Any]
     test: dict[str, Any]
+    scored: str  # the step whose artifact holds the scored model and metrics.json
     artifacts: dict[str, str]
     phases: dict[str, str]
     links: dict[str, list[str]]
@@ -190,6 +191,10 @@ class Recipe:
         """The largest k-means K this candidate fits (0 for none): checked against the frames of the fold."""
         return 0
 
+    def data_problems(self, params: Mapping[str, Any], utterances: Sequence[Utterance]) -> list[tuple[str, str]]:
+        """``(parameter, problem)`` for each way this candidate cannot run on ``utterances`` (e.g. a task whose data the manifest lacks)."""
+        return []
+
     def run(self, fold: FoldContext, params: Mapping[str, Any]) -> str:
         """Take the fold's steps; return the step whose artifact holds ``metrics.json``."""
         raise NotImplementedError
@@ -202,6 +207,7 @@ class Recipe:
         return FoldOutcome(
             val=metrics["val"],
             test=metrics["test"],
+            scored=final,
             artifacts=dict(fold.keys),
             phases=dict(fold.phases),
             links={k: list(v) for k, v in fold.links.items()},

@@ -14,8 +14,12 @@ from typing import Sequence
 from trainables.recipes.alignment import AlignmentRecipe
 from trainables.recipes.base import Recipe
 from trainables.recipes.baselines import EgemapsRecipe, FinetuneRecipe, TaptRecipe
+from trainables.recipes.gmp_tl import GmpTlRecipe
+from trainables.recipes.metadata import MetadataRecipe
 
-_RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (AlignmentRecipe(), FinetuneRecipe(), TaptRecipe(), EgemapsRecipe())}
+_RECIPES: dict[str, Recipe] = {
+    recipe.name: recipe for recipe in (AlignmentRecipe(), GmpTlRecipe(), MetadataRecipe(), FinetuneRecipe(), TaptRecipe(), EgemapsRecipe())
+}
 #: The recipes that can stand as baselines beside the methods of a study.
 BASELINES = ("finetune", "tapt", "egemaps")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from trainables.config import CptConfig
+from trainables.config import CptConfig, UtteranceObjective
 from trainables.phases.artifacts import classifier_dir, encoder_dir, read_record
 from trainables.recipes.base import FoldContext
 
@@ -24,13 +24,19 @@ def encoder_of(fold: FoldContext, step: str | None) -> str:
     return fold.encoder if step is None else str(encoder_dir(fold.paths[step]))
 
 
-def tapt(fold: FoldContext) -> str:
+def _objective_spec(objective: UtteranceObjective | None) -> dict:
+    """The spec entry of a classifier's objective: none for the default, so plain steps keep their keys."""
+    return {} if objective is None or objective.is_default else {"objective": objective}
+
+
+def tapt(fold: FoldContext, objective: UtteranceObjective | None = None, name: str = TAPT) -> str:
     """TAPT: task-adaptive pretraining on the fold's audio (``tapt.pretrain: masked``), then fine-tuning on its training labels.
 
     The pretraining is masked prediction of the k-means clusters of the
     pretrained encoder's ``tapt.pretrain_layer``: its own embeddings,
-    clustering and CPT steps (``@tapt``). The supervised step selects its
-    checkpoint on validation and saves the whole classifier.
+    clustering and CPT steps (``@tapt``), shared by every recipe's TAPT. The
+    supervised step learns ``objective`` (default: the emotion alone; GMP-TL
+    adds gender), selects its checkpoint on validation and saves the whole classifier.
     """
     cfg = fold.settings.tapt
     start = None
@@ -38,16 +44,19 @@ def tapt(fold: FoldContext) -> str:
         frames = embeddings(fold, None, [cfg.pretrain_layer], name=f"{EMBEDDINGS}@{TAPT}", study_layers=False)
         targets = clustering(fold, frames, cfg.pretrain_layer, cfg.pretrain_clusters, name=f"clustering@{TAPT}")
         start = cpt(fold, {f"k{cfg.pretrain_clusters}": targets}, cfg.pretrain_mask_ratio, None, name=f"{CPT}@{TAPT}", cfg=cfg.pretrain_cpt)
-    spec = {"train": fold.fingerprint("train"), "val": fold.fingerprint("val"), "classes": list(fold.classes), "config": cfg}
+    spec = {"train": fold.fingerprint("train"), "val": fold.fingerprint("val"), "classes": list(fold.classes), "config": cfg, **_objective_spec(objective)}
     if start is None:
         spec["encoder"] = fold.encoder_id
     fold.step(
-        TAPT,
+        name,
         spec,
-        lambda out: fold.executor.train("tapt", out, encoder=encoder_of(fold, start), train=fold.train, val=fold.val, classes=fold.classes, cfg=cfg),
+        lambda out: fold.executor.train(
+            "tapt", out, encoder=encoder_of(fold, start), train=fold.train, val=fold.val, classes=fold.classes, cfg=cfg,
+            objective=objective or UtteranceObjective(),
+        ),
         after=[start] if start else [],
     )
-    return TAPT
+    return name
 
 
 def embeddings(fold: FoldContext, encoder_step: str | None, layers: Sequence[int], name: str = EMBEDDINGS, study_layers: bool = True) -> str:
@@ -100,19 +109,21 @@ def cpt(fold: FoldContext, clusterings: Mapping[str, str], mask_ratio: float, in
     return name
 
 
-def finetune(fold: FoldContext, encoder_step: str | None, pooling: str, name: str = "finetune") -> str:
-    """Fine-tuning for SER (pooling + linear head) from ``encoder_step``'s encoder (the pretrained one for None), scored on the test session."""
+def finetune(fold: FoldContext, encoder_step: str | None, pooling: str, name: str = "finetune", objective: UtteranceObjective | None = None) -> str:
+    """Fine-tuning for SER (pooling + heads for ``objective``, default a linear emotion head) from ``encoder_step``'s
+    encoder (the pretrained one for None), scored on the test session."""
     cfg = fold.settings.finetune
     spec = {
         "pooling": pooling, "train": fold.fingerprint("train"), "val": fold.fingerprint("val"), "test": fold.fingerprint("test"),
         "classes": list(fold.classes), "config": cfg, **({"encoder": fold.encoder_id} if encoder_step is None else {}),
+        **_objective_spec(objective),
     }
     fold.step(
         name,
         spec,
         lambda out: fold.executor.train(
             "finetune", out, encoder=encoder_of(fold, encoder_step), pooling=pooling, train=fold.train, val=fold.val, test=fold.test,
-            classes=fold.classes, cfg=cfg,
+            classes=fold.classes, cfg=cfg, objective=objective or UtteranceObjective(),
         ),
         after=[encoder_step] if encoder_step else [],
     )

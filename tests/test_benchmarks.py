@@ -1,0 +1,39 @@
+"""The benchmark scripts that the suite can afford run for real, at smoke size."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_phases_runs_its_three_phases_on_a_cpu_at_tiny_size(tmp_path):
+    """The GPU benchmark is plain PyTorch + transformers: its smoke run on CPU measures every phase and writes the table."""
+    output = tmp_path / "gpu.md"
+    done = subprocess.run(
+        [sys.executable, "bench/gpu_phases.py", "--device", "cpu", "--tiny", "--steps", "1", "--warmup", "0", "--utterances", "30",
+         "--batch-seconds", "12", "--output", str(output)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in output.read_text().splitlines() if line.startswith("| ") and not line.startswith(("| phase", "| ---"))]
+    assert [row.split("|")[1].strip() for row in rows] == ["finetune", "cpt", "embed"]
+    assert all(float(row.split("|")[3]) > 0 for row in rows)  # audio seconds per second
+
+
+def test_gpu_phases_counts_hubert_base_flops_from_the_architecture():
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import gpu_phases
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    from transformers import HubertConfig
+
+    config = HubertConfig()
+    assert gpu_phases.cnn_frames(config, 16000)[-1] == 49  # 20 ms frames
+    cnn, rest = gpu_phases.forward_flops(config, 16000)
+    # ~85M transformer parameters: about 2 x 85M x 49 frames of matrix products per second of audio, plus attention;
+    # the CNN's seven 512-channel convolutions cost about 4.9 GFLOP per second on their own.
+    assert 7e9 < rest < 1.0e10 and 4.5e9 < cnn < 5.5e9
