@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from study.io import layout
+from study.io import layout, storage
 from study.io.records import read_trial_records
 
 SMOKE = Path(__file__).resolve().parents[1] / "search_spaces" / "smoke.yaml"
@@ -19,8 +19,8 @@ SMOKE = Path(__file__).resolve().parents[1] / "search_spaces" / "smoke.yaml"
 #: A two-trial study (K 4 then K 5, one at a time): trials share TAPT and embeddings, not k-means onwards.
 KILL_STUDY = ("name=faults", "search.space.clusters={choice: [4, 5]}", "search.space.pooling={choice: [attention]}",
               "search.algorithm=grid", "search.num_trials=2", "search.max_concurrent=1")
-#: Columns of the report's CSV files that hold wall-clock times, which differ from run to run.
-TIME_COLUMNS = ("started", "finished", "seconds")
+#: Columns of the report's CSV files that differ from run to run: wall-clock times and the Ray node that ran a fold.
+TIME_COLUMNS = ("started", "finished", "seconds", "node")
 #: Columns that say which fold chain built a phase and which found it cached: history, not results.
 PROVENANCE_COLUMNS = ("built", "cached")
 
@@ -55,12 +55,13 @@ def study_args(manifest: Path, encoder: Path, study_dir: Path, *extra: str) -> l
     return ["run", str(SMOKE), "--study-dir", str(study_dir)] + [item for s in sets for item in ("--set", s)]
 
 
-def cache_events(study_dir: Path) -> list[dict[str, Any]]:
-    """The phase cache's events (hits, builds, corrupt artifacts), oldest first."""
-    return [json.loads(p.read_text()) for p in sorted((layout.cache_dir(study_dir) / "events").glob("*.json"))]
+def cache_events(study_dir: Path | str) -> list[dict[str, Any]]:
+    """The phase cache's events (hits, builds, corrupt artifacts), oldest first (a local study or an s3:// one)."""
+    paths = sorted(storage.list_files(storage.join(layout.cache_dir(study_dir), "events"), suffix=".json"))
+    return [json.loads(text) for text in storage.read_texts(paths) if text is not None]
 
 
-def built_phases(study_dir: Path) -> collections.Counter:
+def built_phases(study_dir: Path | str) -> collections.Counter:
     """How many artifacts of each phase the study's cache built (from its events); an artifact built twice fails the test."""
     built = [(e["phase"], e["key"]) for e in cache_events(study_dir) if e["event"] == "built"]
     assert len(built) == len(set(built)), f"an artifact was built twice: {built}"
@@ -80,15 +81,16 @@ def normalized_report(study_dir: Path, drop: tuple[str, ...] = TIME_COLUMNS) -> 
     """
     names = trial_names(study_dir)
     files: dict[str, str] = {}
-    for path in sorted(layout.report_dir(study_dir).iterdir()):
-        if path.suffix not in (".md", ".csv", ".json"):
+    for path in sorted(storage.list_files(layout.report_dir(study_dir))):
+        suffix = "." + storage.name(path).rsplit(".", 1)[-1]
+        if suffix not in (".md", ".csv", ".json"):
             continue  # the PNGs draw the same numbers
-        text = path.read_text()
+        text = storage.read_text(path)
         for trial_id, name in names.items():
             text = text.replace(trial_id, name)
-        if path.suffix == ".csv":
+        if suffix == ".csv":
             text = _drop_columns(text, drop)
-        files[path.name] = text
+        files[storage.name(path)] = text
     return files
 
 

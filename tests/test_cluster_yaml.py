@@ -331,6 +331,14 @@ def test_uis_and_ray_commands(config):
     assert _option(mlflow, "artifacts-destination").startswith("s3://")
 
 
+def test_every_node_runs_ray_with_token_auth_and_the_shared_token(config):
+    """Ray 2.60 refuses a joining worker and `ray job submit` unless both sides run token auth with one token."""
+    assert "export RAY_AUTH_MODE=token;" in _head_start_command(config)
+    assert "export RAY_AUTH_MODE=token;" in " ".join(config["worker_start_ray_commands"])
+    assert any("RAY_AUTH_MODE=token" in command and ".bashrc" in command for command in config["setup_commands"])
+    assert config["file_mounts"]["/home/ray/.ray/auth_token"] == "~/.ray/auth_token"
+
+
 def test_study_environment_on_the_head(config):
     head_setup = "\n".join(config["head_setup_commands"])
     assert "SER_STUDY_MLFLOW_URI=http://127.0.0.1:5000" in head_setup

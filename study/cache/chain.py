@@ -41,6 +41,7 @@ class FoldResult:
     seconds: float = 0.0
     strict: bool = True
     history: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # training step -> per-epoch metrics
+    node: str = ""  # the host (and Ray node id) that ran the chain
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

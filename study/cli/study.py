@@ -102,12 +102,24 @@ def _report_failed_trials(study_dir: str) -> int:
     return 1
 
 
+def _served_uri(study_dir: str) -> str | None:
+    """The study's MLflow server URL, or None when its store is a local SQLite file (opened with `ser-study ui`)."""
+    from study.config.loading import load_resolved_study
+
+    uri = load_resolved_study(study_dir).tracking_uri()
+    return uri if uri.startswith(("http://", "https://")) else None
+
+
 def _print_report(study_dir: str) -> None:
     report = storage.join(layout.report_dir(study_dir), "report.md")
     if storage.is_file(report):
         print(storage.read_text(report))
     print(f"report: {layout.report_dir(study_dir)}")
-    print(f"MLflow UI: {ui_command(study_dir)}   (then open http://127.0.0.1:{DEFAULT_UI_PORT})")
+    served = _served_uri(study_dir)
+    if served:
+        print(f"MLflow UI: {served}   (the study's tracking server)")
+    else:
+        print(f"MLflow UI: {ui_command(study_dir)}   (then open http://127.0.0.1:{DEFAULT_UI_PORT})")
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -124,6 +136,10 @@ def run_ui(args: argparse.Namespace) -> int:
 
     layout.require_study_dir(args.study_dir)
     config = load_resolved_study(args.study_dir)
+    served = _served_uri(args.study_dir)
+    if served:
+        print(f"{args.study_dir} tracks to the MLflow server {served}: open it in a browser (on a cluster, through `ray attach cluster.yaml -p PORT`)")
+        return 0
     # MLflow from this environment (not whichever `mlflow` is first on PATH), bound to loopback only.
     argv = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", config.tracking_uri(), "--host", "127.0.0.1", "--port", str(args.port)]
     print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C to stop)", flush=True)

@@ -149,6 +149,9 @@ class ResourcesSection(Strict):
     cpus_per_fold: float = Field(1.0, gt=0)
     gpus_per_fold: float = Field(0.0, ge=0)
     train: RayResources = Field(default_factory=RayResources)
+    #: On a cluster joined with --address where no node can run a fold yet: how long to wait for one (an autoscaler
+    #: starting a GPU node takes minutes) before failing with what is missing.
+    node_wait_s: float = Field(900.0, ge=0)
 
 
 def _local_path(text: str) -> str:

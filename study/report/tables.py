@@ -69,7 +69,7 @@ def folds_csv(report: Report) -> str:
     names = _param_names(everyone)
     header = ["kind", "trial_id", "status", *names, "test_session", "seed", "strict", "seconds"]
     header += [f"{split}_{key}" for split in SPLITS for key in (*FOLD_KEYS, "count")]
-    header += ["built", "cached"]
+    header += ["built", "cached", "node"]
     rows = []
     for trial in everyone:
         for fold in trial.folds:
@@ -83,6 +83,7 @@ def folds_csv(report: Report) -> str:
                 "seconds": fold.get("seconds"),
                 "built": ";".join(fold.get("built") or []),
                 "cached": ";".join(_cached_phases(fold)),
+                "node": fold.get("node", ""),
             }
             row.update({name: trial.params.get(name, trial.method if name == "method" else None) for name in names})
             for split in SPLITS:

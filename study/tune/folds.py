@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from functools import cache
 from typing import Any
 
@@ -46,6 +47,8 @@ def run_fold(study_dir: str, test_session: int, method: str, params: dict[str, A
         embed_layers=study.embedding_layers(),
         seed=seed,
     )
+    context = ray.get_runtime_context()
+    result.node = f"{socket.gethostname()} {context.get_node_id()[:12]}" if ray.is_initialized() else socket.gethostname()
     return result.to_dict()
 
 

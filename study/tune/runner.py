@@ -17,6 +17,7 @@ from study.config.loading import load_resolved_study
 from study.config.study import StudyConfig
 from study.cache.leases import get_coordinator
 from study.errors import UserError
+from study.tune.capacity import wait_for_capacity
 from study.tune.preflight import check_mlflow_server, check_ray_address
 from study.tune.baselines import start_baselines
 from study.tune.publish import write_study_report
@@ -101,6 +102,27 @@ def connect_ray(address: str | None) -> None:
         raise UserError(f"no Ray cluster answers at --address {address}: {err}; start one with `ray start --head` or `ray up cluster.yaml`, or leave --address out for a local cluster") from None
 
 
+#: Ray unpacks a job's ``--working-dir`` under this prefix; it may delete the folder while the job still runs.
+_RAY_JOB_PACKAGE = "_ray_pkg_"
+
+
+def _leave_job_package() -> None:
+    """Move this process out of a Ray job's unpacked working directory, into the home directory.
+
+    Under ``ray job submit --working-dir .`` the driver starts in that folder;
+    Ray may remove it once the job's tasks no longer hold it, and Tune then fails
+    resolving a path at the end of the study. Every path of the study is
+    absolute by then (the resolved config), so nothing depends on the folder.
+    """
+    try:
+        cwd = os.getcwd()
+    except FileNotFoundError:
+        cwd = _RAY_JOB_PACKAGE  # already gone
+    if _RAY_JOB_PACKAGE in cwd:
+        os.chdir(Path.home())
+        logger.info("left the job's working directory %s for %s (Ray may remove it while the study runs)", cwd, Path.home())
+
+
 def check_services(config: StudyConfig, address: str | None) -> None:
     """The Ray cluster and the MLflow server answer (before anything is written or started)."""
     check_ray_address(address)
@@ -166,22 +188,28 @@ def resume_study(study_dir: str | Path, address: str | None = None) -> tune.Resu
 
 
 def _drive(study_dir: str | Path, address: str | None, make_tuner: Callable[[], tune.Tuner]) -> tune.ResultGrid:
-    """Join or start Ray, start the study's cache coordinator and its baselines, run the tuner to the end, write the report."""
+    """Join or start Ray, check a fold fits a node, start the study's cache coordinator and its baselines, run the tuner
+    to the end, write the report."""
+    import ray
+
     connect_ray(address)
+    _leave_job_package()
+    wait_for_capacity(load_resolved_study(study_dir), joined=bool(address), nodes=ray.nodes)
     get_coordinator(str(layout.cache_dir(study_dir)))
     baselines = start_baselines(str(study_dir))  # beside the search, sharing its cache and its cluster
     results = make_tuner().fit()
     baselines.join()
-    _forget_lost_trials(study_dir, results)
+    _forget_lost_trials(study_dir)
     write_study_report(study_dir)
     return results
 
 
-def _forget_lost_trials(study_dir: str | Path, results: tune.ResultGrid) -> None:
+def _forget_lost_trials(study_dir: str | Path) -> None:
     """Set aside the records and MLflow runs of trials that Tune's saved state never knew (see ``set_aside_lost_records``)."""
     from ray import tune
 
-    known = {trial.trial_id for trial in tune.ExperimentAnalysis(results.experiment_path).trials}
+    # Tune's own experiment_path drops the scheme of an s3:// study ("bucket/prefix/tune"): name the experiment ourselves.
+    known = {trial.trial_id for trial in tune.ExperimentAnalysis(_tune_storage_path(layout.tune_dir(study_dir))).trials}
     set_aside_lost_records(study_dir, known)
     config = load_resolved_study(study_dir)
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+import sys
 import time
 from dataclasses import asdict, dataclass, field, is_dataclass
 from enum import Enum
@@ -87,6 +88,14 @@ def to_plain(value: Any) -> Any:
     return value
 
 
+def current_ray_node() -> str:
+    """The id of the Ray node this process runs on, or "" when it is not part of a Ray cluster (Ray is never imported here)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return ""
+    return ray.get_runtime_context().get_node_id()
+
+
 @dataclass
 class PhaseRecord:
     phase: str
@@ -98,6 +107,7 @@ class PhaseRecord:
     device: str = ""
     world_size: int = 1
     host: str = field(default_factory=socket.gethostname)
+    ray_node: str = field(default_factory=lambda: current_ray_node())  # the Ray node that built it ("" outside Ray)
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     code_version: int = 0
 
