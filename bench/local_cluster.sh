@@ -57,8 +57,10 @@ agent_ports() {  # index: each raylet's agents on their own ports (several nodes
 }
 
 start_worker() {  # index
+  # Each node keeps its own node-local copy of the object-store cache, as separate machines would (and none from an
+  # earlier cluster on this machine: the same bucket URI would otherwise find it in ~/.cache/ser-study).
   # shellcheck disable=SC2046
-  "$BIN/ray" start --address="127.0.0.1:$RAY_PORT" --num-cpus="$CPUS_PER_NODE" --num-gpus=0 \
+  SER_STUDY_LOCAL_CACHE="$ROOT/node_$1/cache" "$BIN/ray" start --address="127.0.0.1:$RAY_PORT" --num-cpus="$CPUS_PER_NODE" --num-gpus=0 \
     --resources="{\"worker_$1\": 1}" --temp-dir="$ROOT/ray" $(agent_ports "$1") > "$ROOT/worker_$1.log" 2>&1
 }
 
@@ -80,7 +82,7 @@ up() {
   wait_for_port 127.0.0.1 "$MLFLOW_PORT" "MLflow"
 
   # The head runs the drivers (Tune, the baselines) but no fold: its one CPU is for them.
-  "$BIN/ray" start --head --port="$RAY_PORT" --num-cpus="$CPUS_PER_NODE" --num-gpus=0 --dashboard-host=127.0.0.1 \
+  SER_STUDY_LOCAL_CACHE="$ROOT/node_0/cache" "$BIN/ray" start --head --port="$RAY_PORT" --num-cpus="$CPUS_PER_NODE" --num-gpus=0 --dashboard-host=127.0.0.1 \
     --dashboard-port="$DASHBOARD_PORT" --ray-client-server-port=$((RAY_PORT + 1)) --temp-dir="$ROOT/ray" $(agent_ports 0) > "$ROOT/head.log" 2>&1
   start_worker 1
   start_worker 2

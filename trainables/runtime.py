@@ -92,7 +92,9 @@ class Runtime:
         model = model.to(self.device)
         if self.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+            # Some parameters take part only in some batches (HF's mask embedding when SpecAugment
+            # draws no span in a short batch, an auxiliary head without targets), so DDP must look.
+            return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
         return model
 
     def no_sync(self, model: nn.Module, last: bool):

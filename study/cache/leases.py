@@ -86,8 +86,20 @@ def coordinator_name(cache_root: str) -> str:
 
 
 def get_coordinator(cache_root: str, lease_seconds: float = DEFAULT_LEASE_SECONDS):
-    """The named coordinator actor for ``cache_root`` on the connected Ray cluster, created if missing."""
-    return _remote_coordinator().options(name=coordinator_name(cache_root), get_if_exists=True, lifetime="detached").remote(lease_seconds)
+    """The named coordinator actor for ``cache_root`` on the connected Ray cluster, created if missing.
+
+    Created on the caller's node when it can be (the study's driver, on the head: a worker node that goes away
+    should not take the leases with it); Ray restarts it elsewhere if that node is lost.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
+    return _remote_coordinator().options(name=coordinator_name(cache_root), get_if_exists=True, lifetime="detached", scheduling_strategy=here).remote(lease_seconds)
+
+
+#: How long a lease request waits for a restarting coordinator before the phase fails.
+UNAVAILABLE_PATIENCE_S = 120.0
 
 
 class LeaseClient:
@@ -100,10 +112,21 @@ class LeaseClient:
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
 
-    def try_acquire(self, key: str) -> bool:
+    def try_acquire(self, key: str, patience_s: float = UNAVAILABLE_PATIENCE_S) -> bool:
+        """Take the lease on ``key`` if free. While the coordinator restarts (its node was lost: Ray starts it again
+        elsewhere, with no leases) the call is retried for up to ``patience_s``."""
         import ray
+        from ray.exceptions import ActorUnavailableError
 
-        return ray.get(self.actor.acquire.remote(key, self.owner))
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                return ray.get(self.actor.acquire.remote(key, self.owner))
+            except ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                logger.info("the cache coordinator is restarting; asking again for %s", key)
+                time.sleep(self.poll_seconds)
 
     def wait(self) -> None:
         time.sleep(self.poll_seconds)
