@@ -20,7 +20,6 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable
 
 import pytest
@@ -175,22 +174,13 @@ def _manifest_without_transcripts(env: Env) -> list[str]:
     return study(env, "search.space.method=metadata", manifest=env.tmp / "no_text.csv")
 
 
-def _not_audio_for_predict(env: Env) -> list[str]:
-    """A study with a best trial (faked: its fold models are stand-ins) and a text file given as audio."""
-    import study.predict as predict_module
+def _predict_unknown_device(env: Env) -> list[str]:
+    (env.tmp / "a.wav").write_bytes(b"")  # never read: the device is checked first
+    return ["predict", str(fake_study_dir(env)), str(env.tmp / "a.wav"), "--device", "tpu"]
 
-    directory = fake_study_dir(env)
-    model_dir = env.tmp / "model"
-    model_dir.mkdir()
 
-    def never_called(*_args, **_kwargs):
-        raise AssertionError("a model ran on input that is not audio")
-
-    model = SimpleNamespace(encoder=SimpleNamespace(info=SimpleNamespace(sample_rate=16000)), __call__=never_called)
-    env.monkeypatch.setattr(predict_module, "ensemble_dirs", lambda _dir: ({"trial_id": "t0", "params": {}}, [model_dir]))
-    env.monkeypatch.setattr(predict_module, "load_classifier", lambda _dir: (model, ("neu", "hap", "ang", "sad")))
-    (env.tmp / "notes.wav").write_text("these are my notes, not audio")
-    return ["predict", str(directory), str(env.tmp / "notes.wav")]
+def _predict_pattern_matching_nothing(env: Env) -> list[str]:
+    return ["predict", str(fake_study_dir(env)), str(env.tmp / "recordings" / "*.wav")]
 
 
 def _predict_missing_file(env: Env) -> list[str]:
@@ -235,6 +225,7 @@ CASES = [
     Case("study-transcript-task-without-transcripts", _manifest_without_transcripts,
          ("search.space.transcript_weight", "no_text.csv", "ser-study prepare", "transcript_weight 0"), ("study",)),
     Case("study-missing-encoder", lambda env: study(env, encoder=env.tmp / "no-encoder"), ("encoder", "no-encoder", "tiny-encoder"), ("study",)),
+    Case("study-revision-of-a-local-encoder", lambda env: study(env, "encoder_revision=v1.0"), ("encoder_revision", "local directory", "remove encoder_revision"), ("study",)),
     Case("study-dir-under-a-file", lambda env: ((env.tmp / "file.txt").write_text("x"), study(env, study_dir=env.tmp / "file.txt" / "study"))[1],
          ("storage.study_dir", "file.txt", "--study-dir")),
     Case("study-mlflow-server-unreachable", lambda env: study(env, "storage.mlflow_uri=http://127.0.0.1:9"),
@@ -253,7 +244,8 @@ CASES = [
     Case("run-fold-unknown-pooling", lambda env: run_fold(env, pooling="max"), ("--pooling", "'max'"), ("fold",)),
     Case("run-fold-missing-manifest", lambda env: run_fold(env, data=str(env.tmp / "missing.csv")), ("missing.csv",), ("fold",)),
     # ---- predict, resume, report, audit -----------------------------------------------------------
-    Case("predict-input-not-audio", _not_audio_for_predict, ("notes.wav", "is not readable audio", "wav/flac/ogg")),
+    Case("predict-unknown-device", _predict_unknown_device, ("--device 'tpu'", "auto, cpu, cuda")),
+    Case("predict-pattern-matches-nothing", _predict_pattern_matching_nothing, ("*.wav", "matches no file")),
     Case("predict-input-missing", _predict_missing_file, ("missing.wav", "does not exist")),
     Case("predict-not-a-study", lambda env: ["predict", str(_plain_dir(env)), str(env.tmp / "x.wav")], ("plain", "is not a study directory", "ser-study run")),
     Case("resume-not-a-study", lambda env: ["resume", str(_plain_dir(env))], ("plain", "is not a study directory", "ser-study run")),

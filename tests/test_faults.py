@@ -19,7 +19,9 @@ import subprocess
 import time
 from pathlib import Path
 
+import optuna
 import pytest
+from optuna.trial import TrialState
 
 from fault_injection import INJECTED_MESSAGE, fault_runtime_env
 from study.io import layout
@@ -193,6 +195,11 @@ def test_a_driver_killed_at_three_points_resumes_to_the_report_of_an_uninterrupt
     # A trial Tune had not yet saved when its driver died is rerun under a new id; its record is set aside.
     lost = {p.stem for p in (study_dir / "trials" / "lost").glob("*.json")}
     assert set(finished_before) <= {r["trial_id"] for r in records} | lost
+    # The search's Optuna study kept every trial across the four drivers: two COMPLETE with the records' scores, and
+    # none left RUNNING (a trial asked before a kill and never run again is FAIL).
+    optuna_trials = optuna.load_study(study_name="faults", storage=f"sqlite:///{study_dir / 'optuna.db'}").trials
+    assert sorted(t.value for t in optuna_trials if t.state == TrialState.COMPLETE) == pytest.approx(sorted(r["metrics"]["val_ua_mean"] for r in records))
+    assert all(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in optuna_trials)
     # No cached phase ran twice across the four drivers; every phase of the study was built exactly once.
     assert built_phases(study_dir) == built_phases(reference_study)
     # The same report, but for wall-clock times and which chain built a phase (a restarted chain found some cached).

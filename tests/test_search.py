@@ -228,3 +228,26 @@ def test_helpers():
     assert is_complete({"folds_done": 5, "folds_total": 5})
     assert not is_complete({"folds_done": 4, "folds_total": 5})
     assert not is_complete({"val_ua_mean": 1.0}) and not is_complete(None)
+
+
+def test_the_optuna_study_lives_in_its_storage_and_survives_a_restore(tmp_path):
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    cfg = config("smoke", "search.max_concurrent=4")
+    searcher = make_searcher(cfg, url)
+    searcher.suggest("a")
+    searcher.on_trial_complete("a", complete(0.6))
+    searcher.suggest("b")
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    searcher.suggest("c")  # asked after the checkpoint: the driver dies before Tune saves again
+
+    loaded = optuna.load_study(study_name=cfg.name, storage=url)  # what optuna-dashboard opens
+    assert [t.state for t in loaded.trials] == [TrialState.COMPLETE, TrialState.RUNNING, TrialState.RUNNING]
+    assert loaded.trials[0].value == 0.6 and set(loaded.trials[0].params) >= {"layer", "clusters", "pooling"}
+
+    restored = make_searcher(cfg)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    restored.on_trial_complete("b", complete(0.7))
+    states = [t.state for t in optuna.load_study(study_name=cfg.name, storage=url).trials]
+    assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL]  # c will never run: not left RUNNING

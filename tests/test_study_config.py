@@ -423,3 +423,38 @@ def test_resolved_config_is_independent_of_the_working_directory(small_manifest,
     again = load_resolved_study(tmp_path)
     assert again.model_dump() == copy.deepcopy(config.model_dump())
     assert again.check_inputs().folds == [1, 2]
+
+
+def test_a_hub_encoder_is_pinned_to_its_commit_which_enters_the_cache_keys(tmp_path):
+    from trainables.models.encoder import resolve_hub_revision, split_revision, with_revision
+    from trainables.phases.artifacts import encoder_fingerprint
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    assert resolve_hub_revision("facebook/hubert-base-ls960", commit) == commit  # a commit needs no hub
+    ref = with_revision("facebook/hubert-base-ls960", commit)
+    assert split_revision(ref) == ("facebook/hubert-base-ls960", commit)
+    other = with_revision("facebook/hubert-base-ls960", "f" * 40)
+    assert encoder_fingerprint(ref) != encoder_fingerprint(other) != encoder_fingerprint("facebook/hubert-base-ls960")
+    local = tmp_path / "enc@v2"
+    local.mkdir()
+    assert split_revision(local) == (str(local), None)  # a local directory is never split at its '@'
+
+    config = load_study(SHIPPED["smoke"], [f"encoder={ref.split('@')[0]}", f"encoder_revision={commit}"])
+    assert config.is_hub_encoder() and config.encoder_ref() == ref
+
+
+def test_an_unreachable_hub_encoder_is_refused_with_the_pin_to_give(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as on a machine without the hub: nothing in its cache either
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    from trainables.models.encoder import EncoderError, resolve_hub_revision
+
+    with pytest.raises(EncoderError, match=r"encoder_revision: <40-hex commit>"):
+        resolve_hub_revision("facebook/hubert-base-ls960")
+    ref = tmp_path / "empty-cache" / "models--facebook--hubert-base-ls960" / "refs"
+    ref.mkdir(parents=True)
+    (ref / "main").write_text("a" * 40 + "\n")  # what an earlier download left in the cache
+    assert resolve_hub_revision("facebook/hubert-base-ls960") == "a" * 40

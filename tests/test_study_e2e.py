@@ -6,13 +6,20 @@ Kills and resumes are in tests/test_faults.py, runs repeated for equality in tes
 from __future__ import annotations
 
 import collections
+import csv
+import io
+import json
+import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from study.io import layout
 from study.cli import main
 from study.io.records import read_baseline_records, read_trial_records
+from trainables.data.audio import chunk, load_waveform
+from trainables.models.encoder import read_encoder_info
 from study_runs import built_phases, cli, first_wav, study_args
 
 
@@ -60,18 +67,28 @@ def test_a_study_shares_phases_between_trials_and_lands_in_mlflow(small_manifest
     text = (layout.report_dir(study_dir) / "report.md").read_text()
     assert "## Baselines" in text and "| `egemaps` | complete | 2/2 |" in text and "Δ UA vs tapt" in text and "t-interval" in text
 
-    # The best configuration's fold models as an ensemble, on new audio and on something that is not audio;
-    # then the report and the audit. These commands run in-process (the study above ran the console script).
+    # The best configuration's fold models as an ensemble, on a folder of new audio with something that is not audio
+    # in it (skipped and named, exit 1), in each format; then the report and the audit. In-process commands.
     wav = first_wav(small_manifest)
-    assert main(["predict", str(study_dir), str(wav)]) == 0
-    line = capsys.readouterr().out.strip().splitlines()[-1]
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    shutil.copy(wav, inbox / "a.wav")
+    (inbox / "notes.wav").write_text("not audio")
+    assert main(["predict", str(study_dir), str(inbox)]) == 1
+    captured = capsys.readouterr()
+    line = captured.out.strip().splitlines()[-1]
     probabilities = [float(part.split()[1]) for part in line.split("(")[1].rstrip(")").split("  ")]
-    assert line.startswith(str(wav)) and sum(probabilities) == pytest.approx(1.0, abs=0.01)
-    not_audio = tmp_path / "notes.wav"
-    not_audio.write_text("not audio")
-    assert main(["predict", str(study_dir), str(not_audio)]) == 2
-    refused = capsys.readouterr().err
-    assert "notes.wav" in refused and "Traceback" not in refused
+    assert line.startswith(str(inbox / "a.wav")) and sum(probabilities) == pytest.approx(1.0, abs=0.01)
+    assert "skipped" in captured.err and "notes.wav" in captured.err and "Traceback" not in captured.err
+    assert main(["predict", str(study_dir), str(inbox / "a.wav"), "--format", "json", "--chunk-seconds", "0.5"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    info = read_encoder_info(tiny_encoder)
+    expected_chunks = len(chunk(load_waveform(wav, info.sample_rate), info.sample_rate // 2, min_samples=info.receptive_field))
+    assert answer["label"] in answer["probabilities"] and answer["chunks"] == expected_chunks > 1
+    assert sum(answer["probabilities"].values()) == pytest.approx(1.0, abs=0.01)
+    assert main(["predict", str(study_dir), str(inbox / "*.wav"), "--format", "csv", "--fold", "1"]) == 1
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [Path(r["path"]).name for r in rows] == ["a.wav"] and set(rows[0]) >= {"path", "label", "neu", "hap", "ang", "sad", "seconds", "chunks"}
 
     assert main(["report", str(study_dir)]) == 0
     reported = capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Classification metrics of SER and their aggregation over folds.
+"""Classification metrics of SER (scikit-learn's) and their aggregation over folds.
 
 UA (unweighted accuracy) is the mean of per-class recalls over the classes
 present in the reference; WA (weighted accuracy) is plain accuracy.
@@ -10,10 +10,11 @@ import math
 from typing import Mapping, Sequence
 
 import numpy as np
+from sklearn import metrics as skm
 
 
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> np.ndarray:
-    """Counts ``[num_classes, num_classes]``: row = true class, column = predicted class."""
+    """Counts ``[num_classes, num_classes]``: row = true class, column = predicted class (scikit-learn's)."""
     y_true = np.asarray(y_true, dtype=int)
     y_pred = np.asarray(y_pred, dtype=int)
     if y_true.shape != y_pred.shape:
@@ -21,45 +22,27 @@ def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: 
     for name, values in (("y_true", y_true), ("y_pred", y_pred)):
         if values.size and (values.min() < 0 or values.max() >= num_classes):
             raise ValueError(f"{name} holds a class outside 0..{num_classes - 1}")
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (y_true, y_pred), 1)
-    return matrix
-
-
-def unweighted_accuracy(matrix: np.ndarray) -> float:
-    """Mean per-class recall over the classes that occur in the reference."""
-    support = matrix.sum(axis=1)
-    present = support > 0
-    if not present.any():
-        return math.nan
-    return float(np.mean(np.diag(matrix)[present] / support[present]))
-
-
-def weighted_accuracy(matrix: np.ndarray) -> float:
-    """Plain accuracy."""
-    total = matrix.sum()
-    return float(np.trace(matrix) / total) if total else math.nan
-
-
-def macro_f1(matrix: np.ndarray) -> float:
-    """Mean F1 over the classes that occur in the reference or the predictions (0 where undefined)."""
-    tp = np.diag(matrix).astype(float)
-    predicted = matrix.sum(axis=0)
-    actual = matrix.sum(axis=1)
-    used = (predicted + actual) > 0
-    if not used.any():
-        return math.nan
-    f1 = np.divide(2 * tp, predicted + actual, out=np.zeros_like(tp), where=(predicted + actual) > 0)
-    return float(f1[used].mean())
+    return skm.confusion_matrix(y_true, y_pred, labels=list(range(num_classes))).astype(np.int64)
 
 
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> dict[str, object]:
-    """UA, WA, macro-F1 and the confusion matrix (as nested lists) of one evaluation."""
+    """UA, WA, macro-F1 and the confusion matrix (as nested lists) of one evaluation, from ``sklearn.metrics``.
+
+    UA is the macro recall over the classes present in the reference
+    (``balanced_accuracy_score``), WA the accuracy, macro-F1 the mean F1 over
+    the classes in the reference or the predictions (0 where undefined). NaN
+    for an empty evaluation.
+    """
     matrix = confusion_matrix(y_true, y_pred, num_classes)
+    y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
+    if not y_true.size:
+        return {"ua": math.nan, "wa": math.nan, "macro_f1": math.nan, "confusion": matrix.tolist(), "count": 0}
+    present = sorted(set(y_true.tolist()))
+    used = sorted(set(present) | set(y_pred.tolist()))
     return {
-        "ua": unweighted_accuracy(matrix),
-        "wa": weighted_accuracy(matrix),
-        "macro_f1": macro_f1(matrix),
+        "ua": float(skm.recall_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+        "wa": float(skm.accuracy_score(y_true, y_pred)),
+        "macro_f1": float(skm.f1_score(y_true, y_pred, labels=used, average="macro", zero_division=0)),
         "confusion": matrix.tolist(),
         "count": int(matrix.sum()),
     }

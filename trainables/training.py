@@ -13,15 +13,14 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from transformers import get_linear_schedule_with_warmup, set_seed
 
 from trainables.config import TrainConfig
 from trainables.data.batching import Batch, BucketBatchSampler, UtteranceDataset, collate, inference_batches
@@ -39,14 +38,12 @@ class FitResult:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed torch's and numpy's global generators (HF's SpecAugment draws from numpy's).
+    """Seed Python's, numpy's and torch's global generators with transformers' ``set_seed`` (HF's SpecAugment draws from numpy's).
 
     Called by each training phase before it builds its model, so a phase's
     output depends on its inputs only, not on what ran earlier in the process.
     """
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
+    set_seed(seed % 2**32)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -80,14 +77,8 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def _schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float) -> torch.optim.lr_scheduler.LambdaLR:
-    warmup = max(1, int(warmup_fraction * total_steps))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    """transformers' linear warm-up over ``warmup_fraction`` of the updates, then linear decay to 0."""
+    return get_linear_schedule_with_warmup(optimizer, max(1, int(warmup_fraction * total_steps)), total_steps)
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:

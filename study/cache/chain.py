@@ -12,7 +12,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
-from study.cache.store import ArtifactCache
+from study.cache.store import ArtifactCache, artifact_key
 from trainables.config import PhaseSettings
 from trainables.data.folds import Fold, FoldProtocol, build_fold
 from trainables.data.manifest import Utterance, fingerprint
@@ -52,6 +52,78 @@ def _select(utterances: Sequence[Utterance], ids: Sequence[str]) -> list[Utteran
     return [u for u in utterances if u.utt_id in wanted]
 
 
+def _fold_context(
+    utterances: Sequence[Utterance],
+    test_session: int,
+    protocol: FoldProtocol,
+    settings: PhaseSettings,
+    encoder: str,
+    classes: Sequence[str],
+    executor: Any,
+    embed_layers: Sequence[int],
+    seed: int,
+    get_or_build: Any,
+) -> tuple[Fold, FoldContext]:
+    """The fold testing ``test_session`` and the context its recipe takes its steps in."""
+    fold: Fold = build_fold(utterances, protocol.fold_spec(test_session))
+    train, val, test = (_select(utterances, split.utt_ids) for split in (fold.train, fold.val, fold.test))
+    context = FoldContext(
+        test_session=test_session,
+        seed=seed,
+        train=train,
+        val=val,
+        test=test,
+        unsupervised=_select(utterances, protocol.unsupervised_ids(fold)),
+        classes=classes,
+        settings=settings.reseeded(seed),
+        encoder=encoder,
+        encoder_id=encoder_fingerprint(encoder),
+        embed_layers=embed_layers,
+        executor=executor,
+        get_or_build=get_or_build,
+        log=logger.info,
+    )
+    return fold, context
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    """One artifact a fold's chain needs: its phase, cache key and whether the cache already has it complete."""
+
+    phase: str
+    key: str
+    cached: bool
+
+
+def plan_fold_chain(
+    utterances: Sequence[Utterance],
+    test_session: int,
+    protocol: FoldProtocol,
+    method: str,
+    params: Mapping[str, Any],
+    settings: PhaseSettings,
+    encoder: str,
+    classes: Sequence[str],
+    cache: ArtifactCache,
+    embed_layers: Sequence[int] = (),
+    seed: int = 0,
+) -> dict[str, PlannedStep]:
+    """The steps :func:`run_fold_chain` would take with these arguments (step -> planned artifact), building nothing.
+
+    The recipe walks its chain with a cache that only computes keys: a step's
+    build is never called, so the keys are exactly those a run would use.
+    """
+    recipe = get_recipe(method)
+
+    def key_only(phase: str, spec: dict[str, Any], build: Any) -> tuple[str, Any]:
+        key = artifact_key(phase, spec)
+        return key, cache.path(phase, key)
+
+    _, context = _fold_context(utterances, test_session, protocol, settings, encoder, classes, None, embed_layers, seed, key_only)
+    recipe.run(context, recipe.resolve(params))
+    return {step: PlannedStep(context.phases[step], key, cache.has(context.phases[step], key)) for step, key in context.keys.items()}
+
+
 def run_fold_chain(
     utterances: Sequence[Utterance],
     test_session: int,
@@ -74,25 +146,9 @@ def run_fold_chain(
     split depends only on the protocol's seed, so every repeat trains on the same split.
     """
     recipe = get_recipe(method)
-    fold: Fold = build_fold(utterances, protocol.fold_spec(test_session))
-    train, val, test = (_select(utterances, split.utt_ids) for split in (fold.train, fold.val, fold.test))
-    unsupervised = _select(utterances, protocol.unsupervised_ids(fold))
-    context = FoldContext(
-        test_session=test_session,
-        seed=seed,
-        train=train,
-        val=val,
-        test=test,
-        unsupervised=unsupervised,
-        classes=classes,
-        settings=settings.reseeded(seed),
-        encoder=encoder,
-        encoder_id=encoder_fingerprint(encoder),
-        embed_layers=embed_layers,
-        executor=executor,
-        get_or_build=cache.get_or_build,
-        log=logger.info,
-    )
+    fold, context = _fold_context(utterances, test_session, protocol, settings, encoder, classes, executor, embed_layers, seed, cache.get_or_build)
+    unsupervised = context.unsupervised
+    train, val, test = context.train, context.val, context.test
     outcome = recipe.run_fold(context, params)
     summary = fold.summary()
     summary["unsupervised_audio"] = protocol.unsupervised_audio

@@ -157,6 +157,10 @@ class ArtifactCache:
         storage.delete(location)
         self.log_event(phase, key, "corrupt", problem=problem, deleted=str(location))
 
+    def has(self, phase: str, key: str) -> bool:
+        """True when the artifact ``phase/key`` is complete in the cache (nothing is downloaded)."""
+        return self._remote_complete(phase, key) if self.remote else self.is_complete(self.path(phase, key))
+
     def fetch(self, phase: str, key: str) -> Path | None:
         """The local path of the complete artifact ``phase/key`` (downloaded if remote), or None if not built."""
         path = self.path(phase, key)

@@ -1,4 +1,4 @@
-"""``ser-study run | resume | report | ui | predict | audit``: the study from the command line."""
+"""``ser-study run | plan | resume | report | ui | audit``: the study from the command line."""
 
 from __future__ import annotations
 
@@ -26,7 +26,20 @@ def add_study_parsers(subparsers) -> None:
     run.add_argument("--study-dir", help="where the study's state, cache, MLflow store and report go (default: storage.study_dir)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE", help="override a field of the study file, e.g. --set data.manifest=my.csv (repeatable)")
     run.add_argument("--address", help="Ray cluster to join (e.g. auto); default: start a local one")
+    run.add_argument("--quiet", action="store_true", help="no live progress view (trials, folds, phases being built, ETA); Tune's status lines instead")
     run.set_defaults(handler=run_run)
+
+    plan = subparsers.add_parser(
+        "plan",
+        help="a dry run: validate a study file, list its candidates, the phase artifacts it would build or reuse, an estimate",
+        description="Validate the study file and its inputs (as `run` does before starting), then walk every candidate's and "
+        "baseline's chain of phases per fold without building anything: the artifacts the run would build, those the "
+        "cache already holds, and an estimate from this cache's earlier build times.",
+    )
+    plan.add_argument("study", type=Path, help="study YAML, e.g. search_spaces/smoke.yaml")
+    plan.add_argument("--study-dir", help="the study directory the run would use (its cache is the one consulted)")
+    plan.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE", help="override a field of the study file (repeatable), as for run")
+    plan.set_defaults(handler=run_plan)
 
     resume = subparsers.add_parser("resume", help="continue an interrupted study from its directory", epilog=STUDY_EXIT_STATUS)
     resume.add_argument("study_dir", help="study directory (local path or s3:// URI)")
@@ -39,13 +52,8 @@ def add_study_parsers(subparsers) -> None:
 
     ui = subparsers.add_parser("ui", help="open the MLflow UI on the study's store (bound to 127.0.0.1)")
     ui.add_argument("study_dir", help="study directory (local path or s3:// URI)")
-    ui.add_argument("--port", type=int, default=DEFAULT_UI_PORT)
+    ui.add_argument("--port", type=int, default=DEFAULT_UI_PORT, help=f"port of the UI on 127.0.0.1 (default {DEFAULT_UI_PORT})")
     ui.set_defaults(handler=run_ui)
-
-    predict = subparsers.add_parser("predict", help="class probabilities of audio files from the best configuration's fold models")
-    predict.add_argument("study_dir", help="study directory (local path or s3:// URI)")
-    predict.add_argument("wavs", nargs="+", type=Path, metavar="WAV")
-    predict.set_defaults(handler=run_predict)
 
     audit = subparsers.add_parser(
         "audit",
@@ -74,9 +82,22 @@ def run_run(args: argparse.Namespace) -> int:
     if args.study_dir is not None:
         overrides.append(f"storage.study_dir={args.study_dir}")
     config = load_study(args.study, overrides)
-    run_study(config, address=args.address)
+    run_study(config, address=args.address, progress=not args.quiet)
     _print_report(str(config.storage.study_dir))
     return _report_failed_trials(str(config.storage.study_dir))
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from study.config.loading import load_study
+    from study.tune.plan import format_plan, make_plan
+
+    overrides = list(args.overrides)
+    if args.study_dir is not None:
+        overrides.append(f"storage.study_dir={args.study_dir}")
+    config = load_study(args.study, overrides)
+    config.check_inputs()
+    print(format_plan(make_plan(config)))
+    return 0
 
 
 def run_resume(args: argparse.Namespace) -> int:
@@ -117,9 +138,23 @@ def _print_report(study_dir: str) -> None:
     print(f"report: {layout.report_dir(study_dir)}")
     served = _served_uri(study_dir)
     if served:
-        print(f"MLflow UI: {served}   (the study's tracking server)")
+        print(f"MLflow UI: {_runs_view(study_dir, served)}   (the study's tracking server)")
     else:
-        print(f"MLflow UI: {ui_command(study_dir)}   (then open http://127.0.0.1:{DEFAULT_UI_PORT})")
+        print(f"MLflow UI: {ui_command(study_dir)}   (then open {_runs_view(study_dir, f'http://127.0.0.1:{DEFAULT_UI_PORT}')})")
+
+
+def _runs_view(study_dir: str, server: str) -> str:
+    """The URL of the study's runs table on the MLflow UI at ``server`` (its home page if the store cannot be read)."""
+    from study.config.loading import load_resolved_study
+    from study.tracking.store import experiment_id_of, runs_view_url
+
+    config = load_resolved_study(study_dir)
+    try:
+        experiment_id = experiment_id_of(config.tracking_uri(), config.name)
+    except Exception as err:  # a server that is down: the link to its home page still helps
+        logger.warning("could not read the experiment of %s from %s (%s)", config.name, config.tracking_uri(), err)
+        experiment_id = None
+    return runs_view_url(server, experiment_id)
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -138,26 +173,13 @@ def run_ui(args: argparse.Namespace) -> int:
     config = load_resolved_study(args.study_dir)
     served = _served_uri(args.study_dir)
     if served:
-        print(f"{args.study_dir} tracks to the MLflow server {served}: open it in a browser (on a cluster, through `ray attach cluster.yaml -p PORT`)")
+        print(f"{args.study_dir} tracks to the MLflow server {served}: open {_runs_view(args.study_dir, served)} in a browser (on a cluster, through `ray attach cluster.yaml -p PORT`)")
         return 0
     # MLflow from this environment (not whichever `mlflow` is first on PATH), bound to loopback only.
     argv = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", config.tracking_uri(), "--host", "127.0.0.1", "--port", str(args.port)]
-    print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C to stop)", flush=True)
+    print(f"MLflow UI: {_runs_view(args.study_dir, f'http://127.0.0.1:{args.port}')}   (the study's runs; Ctrl-C to stop)", flush=True)
     os.execv(sys.executable, argv)
     return 0  # not reached
-
-
-def run_predict(args: argparse.Namespace) -> int:
-    from study.predict import predict
-
-    layout.require_study_dir(args.study_dir)
-    for wav in args.wavs:
-        if not wav.is_file():
-            raise UserError(f"{wav} does not exist; give paths of audio files")
-    for prediction in predict(args.study_dir, args.wavs):
-        probs = "  ".join(f"{c} {p:.3f}" for c, p in prediction.probabilities.items())
-        print(f"{prediction.path}: {prediction.label}   ({probs})")
-    return 0
 
 
 def run_audit(args: argparse.Namespace) -> int:

@@ -58,6 +58,10 @@ class StudyInputs:
     fit_frames: dict[int, int]  # test session -> encoder frames of its unsupervised audio
 
 
+#: A HuggingFace hub model id: ``name`` or ``org/name`` (a local path is absolute by then).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
 class StudyConfig(Strict):
     """A whole study file, validated. Sections as in :mod:`study.config.loading`."""
 
@@ -65,6 +69,9 @@ class StudyConfig(Strict):
     name: str
     data: DataSection
     encoder: str
+    #: The commit of a hub ``encoder`` (None: resolved to the current commit when the study starts, then kept in the
+    #: study directory's study.yaml); part of every cache key, so a changed hub repo never reuses stale artifacts.
+    encoder_revision: str | None = None
     protocol_spec: ProtocolSection = Field(default_factory=ProtocolSection, alias="protocol")
     folds: list[int] | Literal["all"] = "all"
     phases: PhasesSection = Field(default_factory=PhasesSection)
@@ -222,7 +229,7 @@ class StudyConfig(Strict):
             "protocol": {"strict": protocol.strict, "description": protocol.describe(), **self.protocol_spec.model_dump(mode="json")},
             "data_fingerprint": fingerprint(u.utt_id for u in utterances),
             "code_version": code_version(),
-            "encoder": self.encoder,
+            "encoder": self.encoder_ref(),
             "preset": self.phases.preset,
             "algorithm": self.search.algorithm,
             "test_sessions": self.fold_sessions(utterances),
@@ -256,6 +263,16 @@ class StudyConfig(Strict):
             notes.append("resources.gpus_per_fold is unused with executor ray: the phases reserve GPUs through resources.train")
         return notes
 
+    def is_hub_encoder(self) -> bool:
+        """True when ``encoder`` is a hub id (``org/name``), not a local path (which the validator made absolute)."""
+        return not Path(self.encoder).exists() and bool(_HUB_ID.match(self.encoder))
+
+    def encoder_ref(self) -> str:
+        """What the phases load: the local directory, or ``<hub id>@<revision>`` once :meth:`check_inputs` resolved it."""
+        from trainables.models.encoder import with_revision
+
+        return with_revision(self.encoder, self.encoder_revision) if self.is_hub_encoder() else self.encoder
+
     def check_inputs(self) -> StudyInputs:
         """Read what the study will use and check it, before Ray starts.
 
@@ -278,10 +295,17 @@ class StudyConfig(Strict):
                 built[session] = build_fold(utterances, protocol.fold_spec(session))
             except FoldError as err:
                 raise self.error("protocol", f"fold {session}: {err}") from None
-        from trainables.models.encoder import EncoderError, read_encoder_info  # transformers: only when inputs are checked
+        from trainables.models.encoder import EncoderError, read_encoder_info, resolve_hub_revision  # transformers: only when inputs are checked
 
+        if self.is_hub_encoder():
+            try:
+                self.encoder_revision = resolve_hub_revision(self.encoder, self.encoder_revision)
+            except EncoderError as err:
+                raise self.error("encoder_revision", str(err)) from None
+        elif self.encoder_revision is not None:
+            raise self.error("encoder_revision", f"applies to a hub id; {self.encoder} is a local directory (remove encoder_revision)")
         try:
-            info = read_encoder_info(self.encoder)
+            info = read_encoder_info(self.encoder_ref())
         except EncoderError as err:
             raise self.error("encoder", str(err)) from None
         for layer in sorted({min(self.embedding_layers(), default=0), max(self.embedding_layers(), default=0)}):

@@ -8,6 +8,7 @@
     <study_dir>/trials/<trial_id>.json one record per trial (params, folds, metrics)
     <study_dir>/baselines/<name>.json  one record per baseline, as a trial's
     <study_dir>/mlflow.db              the local MLflow store (SQLite); artifacts in mlartifacts/
+    <study_dir>/optuna.db              the search's Optuna study (SQLite; a local study directory only)
     <study_dir>/report/                the report's tables and plots
 
 A study directory is a local path or a URI (``s3://bucket/prefix``, ``gs://``,
@@ -32,6 +33,8 @@ STUDY_FILE = "study.yaml"
 #: The local MLflow store (SQLite) and its artifact folder.
 DB_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
+#: The Optuna study of the search (RDB storage on SQLite).
+OPTUNA_FILE = "optuna.db"
 
 #: A local path or a URI string.
 StudyPath = Union[Path, str]
@@ -61,6 +64,14 @@ def sqlite_uri(location: str | Path) -> str:
     """The SQLite MLflow store of a local directory (``<dir>/mlflow.db``) or ``*.db`` file, as an absolute ``sqlite:///`` URI."""
     path = Path(os.path.abspath(os.path.expanduser(str(location))))
     return f"sqlite:///{path if path.suffix == '.db' else path / DB_FILE}"
+
+
+def optuna_storage_url(study_dir: str | Path) -> str | None:
+    """The Optuna storage of a local study directory (``sqlite:///<study_dir>/optuna.db``); None for a remote one,
+    where SQLite cannot live (its searcher state then travels in Tune's checkpoint only)."""
+    if is_remote(study_dir):
+        return None
+    return f"sqlite:///{Path(os.path.abspath(os.path.expanduser(str(study_dir)))) / OPTUNA_FILE}"
 
 
 def tune_dir(study_dir: str | Path) -> StudyPath:

@@ -72,7 +72,7 @@ def _folds_text(trial: TrialSummary) -> str:
     return f"{trial.folds_done}/{total}"
 
 
-def _method_title(report: Report, method: str) -> str:
+def method_title(report: Report, method: str) -> str:
     info = (report.study.get("methods") or {}).get(method) or {}
     title = f"`{method}`" + (f": {info['title']}" if info.get("title") else "")
     reconstructed = info.get("reconstructed") or any(t.reconstructed for t in report.trials + report.baselines if t.method == method)
@@ -114,14 +114,14 @@ def _paper_table(report: Report) -> list[str]:
 
 def _method_section(report: Report, method: str) -> list[str]:
     trials = sorted(report.of_method(method), key=lambda t: t.order)
-    lines = [f"### {_method_title(report, method)}", ""]
+    lines = [f"### {method_title(report, method)}", ""]
     names = list(dict.fromkeys(name for t in trials for name in t.searched))
     header = ["trial", *names, "folds", "val UA", "test UA", "test WA", *[f"Δ UA vs {b.method}" for b in report.baselines]]
     rows = [[f"`{t.trial_id}`", *[param_text(t.searched.get(n)) for n in names], _folds_text(t), _metric_pm(t, "val_ua"), _metric_pm(t, "test_ua"), _metric_pm(t, "test_wa"), *_delta_cells(report, t)] for t in trials]
     return lines + _md_table(header, rows) + [""]
 
 
-def _best_section(report: Report) -> list[str]:
+def best_section(report: Report) -> list[str]:
     lines = ["## Best configuration", ""]
     best = report.best
     if best is None:
@@ -191,7 +191,7 @@ def format_report(report: Report) -> str:
         if method == PAPER_METHOD and report.table:
             lines += _paper_table(report)
         lines += _method_section(report, method)
-    lines += _best_section(report)
+    lines += best_section(report)
     lines += ["## Trials", "", f"In completion order; objective {report.objective_metric}.", ""]
     rows = []
     for trial in sorted(report.trials, key=lambda t: t.order):

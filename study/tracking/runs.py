@@ -123,7 +123,7 @@ def trial_tags(config: "StudyConfig", utterances: Sequence["Utterance"], record:
         "protocol": protocol.describe(),
         "data_fingerprint": fingerprint(u.utt_id for u in utterances),
         "code_version": code_version(),
-        "encoder": config.encoder,
+        "encoder": config.encoder_ref(),
         "preset": config.phases.preset,
     }
 

@@ -37,6 +37,9 @@ _MAX_PARAMS_TAGS_PER_BATCH = 100
 _MAX_METRICS_PER_BATCH = 1000
 _MAX_PARAM_LENGTH = 6000
 _MAX_TAG_LENGTH = 8000
+#: MLflow 3's UI opens an experiment of this kind on its runs table (untagged, it lands on the GenAI overview).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 _LOCK_MESSAGES = ("database is locked", "database table is locked", "database schema is locked")
 
 _clients: dict[str, Any] = {}
@@ -131,7 +134,8 @@ def ensure_experiment(uri: str, name: str, artifact_location: str | None = None)
     """The id of experiment ``name``, created if missing (race-safe across processes).
 
     ``artifact_location`` defaults to :func:`artifact_location_for` (``<study_dir>/mlartifacts``
-    for a local store). A deleted experiment of that name is restored.
+    for a local store). A deleted experiment of that name is restored. The experiment is tagged
+    as model training (:data:`EXPERIMENT_KIND`), so that the MLflow UI opens it on its runs.
     """
     from mlflow.exceptions import MlflowException
 
@@ -141,7 +145,7 @@ def ensure_experiment(uri: str, name: str, artifact_location: str | None = None)
         experiment = with_retries(client.get_experiment_by_name, name)
         if experiment is None:
             try:
-                return with_retries(client.create_experiment, name, artifact_location=location)
+                return with_retries(client.create_experiment, name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
             except MlflowException as exc:
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
@@ -152,7 +156,21 @@ def ensure_experiment(uri: str, name: str, artifact_location: str | None = None)
         if experiment.lifecycle_stage == "deleted":
             logger.warning("experiment %s was deleted; restoring it", name)
             with_retries(client.restore_experiment, experiment.experiment_id)
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            with_retries(client.set_experiment_tag, experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return experiment.experiment_id
+
+
+def experiment_id_of(uri: str, name: str) -> str | None:
+    """The id of experiment ``name`` in the store at ``uri``, or None when the study logged nothing there yet."""
+    experiment = with_retries(get_client(uri).get_experiment_by_name, name)
+    return None if experiment is None else experiment.experiment_id
+
+
+def runs_view_url(server: str, experiment_id: str | None) -> str:
+    """The MLflow UI page of ``server`` that lists the runs of ``experiment_id`` (the server's home page without one)."""
+    base = server.rstrip("/")
+    return f"{base}/#/experiments/{experiment_id}/runs" if experiment_id else base
 
 
 def remember_run_uri(run_id: str, uri: str) -> None:

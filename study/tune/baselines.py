@@ -39,7 +39,7 @@ def run_baselines(study_dir: str) -> None:
         record = new_record(f"baseline-{name}", "baseline", name, {}, study, utterances)
         tracker = TrialTracker(study.tracking_uri(), study.name)
         tracker.start(record["trial_id"], record["params"], tags=trial_tags(study, utterances, record), kind="baseline",
-                      fixed={"phases": to_plain(study.phase_settings()), "folds": study.fold_sessions(utterances), "seeds": study.study.seeds, "encoder": study.encoder})
+                      fixed={"phases": to_plain(study.phase_settings()), "folds": study.fold_sessions(utterances), "seeds": study.study.seeds, "encoder": study.encoder_ref()})
         try:
             score(study_dir, study, utterances, record, tracker)
             logger.info("baseline %s: test UA %.3f", name, record["metrics"]["test_ua_mean"])

@@ -40,7 +40,7 @@ def run_fold(study_dir: str, test_session: int, method: str, params: dict[str, A
         method,
         params,
         study.phase_settings(),
-        study.encoder,
+        study.encoder_ref(),
         study.classes(utterances),
         cache,
         executor,

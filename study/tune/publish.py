@@ -11,7 +11,7 @@ from study.config.loading import load_resolved_study
 from study.io import layout, storage
 from study.io.records import read_baseline_records, read_trial_records
 from study.report.files import write_report
-from study.report.model import build_report
+from study.report.model import Report, build_report
 from study.report.text import format_report
 from study.tracking.summary import log_comparisons, log_study_summary
 from trainables.data.manifest import read_manifest
@@ -19,12 +19,18 @@ from trainables.data.manifest import read_manifest
 logger = logging.getLogger(__name__)
 
 
+def study_report(study_dir: str | Path) -> Report:
+    """The report of ``study_dir`` from its records (nothing written)."""
+    config = load_resolved_study(study_dir)
+    study = config.report_metadata(read_manifest(config.data.manifest))
+    return build_report(read_trial_records(study_dir), study, read_baseline_records(study_dir))
+
+
 def write_study_report(study_dir: str | Path, log_to_mlflow: bool = True) -> str:
     """Build the report of ``study_dir``, write it under ``report/``, log it to MLflow; returns the text."""
     config = load_resolved_study(study_dir)
-    utterances = read_manifest(config.data.manifest)
-    study = config.report_metadata(utterances)
-    report = build_report(read_trial_records(study_dir), study, read_baseline_records(study_dir))
+    report = study_report(study_dir)
+    study = report.study
     text = format_report(report)
     remote = layout.is_remote(study_dir)
     with contextlib.ExitStack() as stack:

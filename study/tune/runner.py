@@ -135,11 +135,12 @@ def _trainable():
     return tune.with_resources(run_trial, TRIAL_RESOURCES)
 
 
-def run_study(config: StudyConfig, address: str | None = None, callbacks: Sequence[tune.Callback] = ()) -> tune.ResultGrid:
+def run_study(config: StudyConfig, address: str | None = None, callbacks: Sequence[tune.Callback] = (), progress: bool = False) -> tune.ResultGrid:
     """Run a new study to completion and write its report; returns Tune's ``ResultGrid``.
 
     ``callbacks`` are Tune callbacks run in this (the driver) process, e.g. to
-    log or watch trials as they end.
+    log or watch trials as they end; ``progress`` adds the live view
+    (:class:`~study.tune.progress.StudyProgress`), which a resume keeps.
     """
     from ray import tune
 
@@ -148,13 +149,16 @@ def run_study(config: StudyConfig, address: str | None = None, callbacks: Sequen
     config.check_inputs()  # before Ray starts: data, encoder, layers, folds
     check_services(config, address)
     study_dir = prepare_study_dir(config)
+    callbacks = list(callbacks)
+    if progress:
+        callbacks.append(_progress_view(config, study_dir))
 
     def new_tuner() -> tune.Tuner:
         return tune.Tuner(
             _trainable(),
             param_space={"study_dir": str(study_dir)},
             tune_config=tune.TuneConfig(
-                search_alg=make_search_alg(config),
+                search_alg=make_search_alg(config, layout.optuna_storage_url(study_dir)),
                 scheduler=make_scheduler(config),
                 num_samples=config.num_trials(),
                 # The trial function keeps no state between calls, so an actor can run trial after trial
@@ -165,12 +169,26 @@ def run_study(config: StudyConfig, address: str | None = None, callbacks: Sequen
                 name=layout.TUNE_NAME,
                 storage_path=_tune_storage_path(study_dir),
                 failure_config=tune.FailureConfig(max_failures=0),
-                callbacks=list(callbacks),
-                verbose=1,
+                callbacks=callbacks,
+                verbose=0 if progress else 1,
             ),
         )
 
     return _drive(study_dir, address, new_tuner)
+
+
+def _progress_view(config: StudyConfig, study_dir: Path | str) -> tune.Callback:
+    """The live view, expecting as many builds as the study's plan counts when its space is finite."""
+    from study.tune.plan import make_plan
+    from study.tune.progress import StudyProgress
+
+    try:
+        plan = make_plan(config)
+        expected = sum(build for build, _ in plan.counts().values()) if plan.candidates and plan.exhaustive else None
+    except Exception as err:  # the view's ETA is a nicety: never a reason not to run
+        logger.info("no ETA for the progress view (%s)", err)
+        expected = None
+    return StudyProgress(str(layout.cache_dir(study_dir)), expected_builds=expected)
 
 
 def resume_study(study_dir: str | Path, address: str | None = None) -> tune.ResultGrid:

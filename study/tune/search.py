@@ -182,9 +182,27 @@ class CompleteOnlyOptunaSearch(OptunaSearch):
     if present, else its running-mean name; a result with neither is skipped
     instead of raising ``KeyError``.
 
+    With an RDB ``storage`` (a local study's ``optuna.db``) the Optuna study
+    lives in that database, so ``optuna.load_study`` and ``optuna-dashboard``
+    open it while the search runs; Tune's checkpoint of this searcher pickles
+    the storage's URL, and :meth:`restore` (``ser-study resume``) marks FAIL
+    the Optuna trials still RUNNING that the checkpoint does not know (asked
+    after Tune's last checkpoint, before the driver died), as Tune will not
+    run them again.
+
     Uses ``OptunaSearch``'s private ``_ot_trials`` (Tune trial id -> Optuna
     trial), ``_ot_study`` and ``_completed_trials`` (Ray 2.60).
     """
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        if self._ot_study is None:
+            return
+        known = {trial.number for trial in self._ot_trials.values()}
+        for frozen in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if frozen.number not in known:
+                logger.info("Optuna trial %d was asked after Tune's last checkpoint and will not run: told FAIL", frozen.number)
+                self._ot_study.tell(frozen.number, None, state=TrialState.FAIL)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if isinstance(self.metric, list) or trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -236,19 +254,22 @@ class CompleteOnlyOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
-def make_searcher(config: StudyConfig) -> CompleteOnlyOptunaSearch:
-    """The Optuna searcher of ``config``, not yet concurrency-limited."""
+def make_searcher(config: StudyConfig, storage_url: str | None = None) -> CompleteOnlyOptunaSearch:
+    """The Optuna searcher of ``config``, not yet concurrency-limited: its Optuna study is named after the study,
+    in memory or in the RDB storage at ``storage_url`` (a study's :func:`~study.io.layout.optuna_storage_url`)."""
     return CompleteOnlyOptunaSearch(
         space=DefineByRun(config),
         metric=config.objective.metric,
         mode=config.objective.mode,
         sampler=make_sampler(config),
+        study_name=config.name,
+        storage=optuna.storages.RDBStorage(storage_url) if storage_url else None,
     )
 
 
-def make_search_alg(config: StudyConfig) -> ConcurrencyLimiter:
+def make_search_alg(config: StudyConfig, storage_url: str | None = None) -> ConcurrencyLimiter:
     """The study's Tune search algorithm: :func:`make_searcher` behind ``ConcurrencyLimiter(max_concurrent)``."""
-    return ConcurrencyLimiter(make_searcher(config), max_concurrent=config.search.max_concurrent)
+    return ConcurrencyLimiter(make_searcher(config, storage_url), max_concurrent=config.search.max_concurrent)
 
 
 def make_scheduler(config: StudyConfig) -> MedianStoppingRule | None:

@@ -56,7 +56,7 @@ def run_trial(config: dict[str, Any]) -> None:
     record = new_record(trial_id, "trial", method, params, study, utterances)  # a parameter the method lacks raises here
     tracker = TrialTracker(study.tracking_uri(), study.name)  # MLflow trouble is logged, never fails the trial
     tracker.start(trial_id, record["params"], tags=trial_tags(study, utterances, record),
-                  fixed={"phases": to_plain(study.phase_settings()), "folds": study.fold_sessions(utterances), "seeds": study.study.seeds, "encoder": study.encoder})
+                  fixed={"phases": to_plain(study.phase_settings()), "folds": study.fold_sessions(utterances), "seeds": study.study.seeds, "encoder": study.encoder_ref()})
     # Means so far under their final names: the searcher tells Optuna a result with folds_done < folds_total
     # as PRUNED, never as a complete score (study.tune.search).
     score(study_dir, study, utterances, record, tracker, after_fold=lambda record, running: tune.report(tune_result(record, running)))

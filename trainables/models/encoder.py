@@ -11,6 +11,7 @@ projection, 1..N are the transformer layers.
 from __future__ import annotations
 
 import json
+import re
 import logging
 import pickle
 from dataclasses import dataclass
@@ -101,6 +102,53 @@ class EncoderInfo:
         return field
 
 
+#: Between a hub id and its revision in an encoder reference: ``facebook/hubert-base-ls960@<commit>``.
+REVISION_SEP = "@"
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def with_revision(hub_id: str, revision: str | None) -> str:
+    """The encoder reference of ``hub_id`` at ``revision`` (the id alone without one)."""
+    return f"{hub_id}{REVISION_SEP}{revision}" if revision else hub_id
+
+
+def split_revision(name_or_path: str | Path) -> tuple[str, str | None]:
+    """``(hub id or local path, revision or None)`` of an encoder reference; a local path is never split."""
+    text = str(name_or_path)
+    if Path(text).exists() or REVISION_SEP not in text:
+        return text, None
+    name, _, revision = text.rpartition(REVISION_SEP)
+    return name, revision or None
+
+
+def resolve_hub_revision(hub_id: str, revision: str | None = None) -> str:
+    """The commit a hub model's ``revision`` (default: main) points to now.
+
+    A 40-hex commit is returned as it is. Otherwise the hub is asked; offline,
+    the local HuggingFace cache's ref for that revision is read. Raises
+    :class:`EncoderError` with a fix when neither knows it.
+    """
+    if revision and _COMMIT.match(revision):
+        return revision
+    from huggingface_hub import HfApi, constants
+
+    try:
+        sha = HfApi().model_info(hub_id, revision=revision).sha
+        if sha:
+            return sha
+    except Exception as err:  # no network, no such repo, no access
+        problem = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+    else:
+        problem = "the hub gave no commit"
+    ref = Path(constants.HF_HUB_CACHE) / f"models--{hub_id.replace('/', '--')}" / "refs" / (revision or "main")
+    if ref.is_file():
+        return ref.read_text().strip()
+    raise EncoderError(
+        f"cannot resolve the hub encoder {hub_id!r} at {revision or 'main'} to a commit ({problem}); pin one with "
+        f"encoder_revision: <40-hex commit>, or download it to a local directory and give that as encoder"
+    )
+
+
 def _audio_config(name_or_path: str) -> tuple[int, bool]:
     """Sample rate and per-utterance normalisation, from the encoder's feature extractor (``preprocessor_config.json``).
 
@@ -108,8 +156,9 @@ def _audio_config(name_or_path: str) -> tuple[int, bool]:
     A directory saved by an older ser-study carries ``ser_study_audio.json``
     instead; one with neither gets 16 kHz without normalisation.
     """
+    name, revision = split_revision(name_or_path)
     try:
-        extractor = AutoFeatureExtractor.from_pretrained(name_or_path, trust_remote_code=False)
+        extractor = AutoFeatureExtractor.from_pretrained(name, revision=revision, trust_remote_code=False)
         return int(extractor.sampling_rate), bool(getattr(extractor, "do_normalize", False))
     except (OSError, ValueError):
         legacy = Path(name_or_path) / LEGACY_AUDIO_CONFIG
@@ -122,8 +171,9 @@ def _audio_config(name_or_path: str) -> tuple[int, bool]:
 def read_encoder_info(name_or_path: str | Path) -> EncoderInfo:
     """Read an encoder's config (not its weights). Raises :class:`EncoderError` with a fix."""
     name_or_path = str(name_or_path)
+    name, revision = split_revision(name_or_path)
     try:
-        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)  # no code from a checkpoint runs
+        config = AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=False)  # no code from a checkpoint runs
     except (OSError, ValueError) as err:
         raise EncoderError(
             f"cannot read the encoder config of {name_or_path!r} ({str(err).splitlines()[0]}); give a local directory "
@@ -239,7 +289,8 @@ def load_encoder(name_or_path: str | Path, layerdrop: float = 0.0, freeze_featur
     info = read_encoder_info(name_or_path)
     try:
         # safetensors, or a PyTorch .bin read with weights_only=True (tensors only): never an arbitrary pickle.
-        model = AutoModel.from_pretrained(info.name_or_path, layerdrop=layerdrop, apply_spec_augment=True, weights_only=True)
+        name, revision = split_revision(info.name_or_path)
+        model = AutoModel.from_pretrained(name, revision=revision, layerdrop=layerdrop, apply_spec_augment=True, weights_only=True)
     except pickle.UnpicklingError as err:
         raise EncoderError(
             f"refused to load the encoder weights of {info.name_or_path!r}: the file holds Python objects, not just tensors "

@@ -7,6 +7,7 @@ step's name, for the steps that build on it.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Mapping, Sequence
 
 from trainables.config import CptConfig, UtteranceObjective
@@ -132,16 +133,15 @@ def finetune(fold: FoldContext, encoder_step: str | None, pooling: str, name: st
 
 def score(fold: FoldContext, classifier_step: str, name: str = "score") -> str:
     """The classifier a training step saved, scored on the test session (its validation metrics kept)."""
-    path = fold.paths[classifier_step]
-    classifier = path if (path / "classifier.json").is_file() else classifier_dir(path)
-    best = read_record(path)["results"]["best"]
-    val = {key.removeprefix("val_"): value for key, value in best.items() if key.startswith("val_")}
-    fold.step(
-        name,
-        {"test": fold.fingerprint("test"), "classes": list(fold.classes)},
-        lambda out: fold.executor.task("score", out, classifier=classifier, val_metrics=val, test=fold.test, classes=fold.classes),
-        after=[classifier_step],
-    )
+
+    def build(out: Path) -> None:
+        path = fold.paths[classifier_step]
+        classifier = path if (path / "classifier.json").is_file() else classifier_dir(path)
+        best = read_record(path)["results"]["best"]
+        val = {key.removeprefix("val_"): value for key, value in best.items() if key.startswith("val_")}
+        fold.executor.task("score", out, classifier=classifier, val_metrics=val, test=fold.test, classes=fold.classes)
+
+    fold.step(name, {"test": fold.fingerprint("test"), "classes": list(fold.classes)}, build, after=[classifier_step])
     return name
 
 

@@ -1,0 +1,1 @@
+"""Export of a study's best model: a HuggingFace directory, an MLflow model."""
