@@ -23,7 +23,7 @@ for _ in $(seq 120); do
   sleep 0.5
 done
 curl -sf "http://127.0.0.1:$port/health" >/dev/null || { cat "$log" >&2; echo "the MLflow UI did not come up" >&2; exit 1; }
-url=$(grep -o "http://127.0.0.1:$port/#/experiments/[0-9]*/runs" "$log" | head -1)
+url=$(grep -o "http://127.0.0.1:$port/#/experiments/[0-9]*/runs[^ ]*" "$log" | head -1)
 [ -n "$url" ] || { cat "$log" >&2; echo "ser-study ui printed no runs-view URL" >&2; exit 1; }
 echo "opening $url"
 mkdir -p "$(dirname "$out")"

@@ -36,7 +36,7 @@ def test_ui_prints_the_runs_view_and_its_server_lists_the_trials_with_ua_and_wa(
     ui = subprocess.Popen(cli("ui", str(reference_study), "--port", str(port)), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     try:
         line = ui.stdout.readline()
-        match = re.search(rf"http://127\.0\.0\.1:{port}/#/experiments/(\d+)/runs", line)
+        match = re.search(rf"http://127\.0\.0\.1:{port}/#/experiments/(\d+)/runs\?viewStateShareKey=ser-study-ua-wa", line)
         assert match, line
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
@@ -48,7 +48,10 @@ def test_ui_prints_the_runs_view_and_its_server_lists_the_trials_with_ua_and_wa(
                 assert ui.poll() is None and time.monotonic() < deadline, "the MLflow server did not come up"
                 time.sleep(0.5)
         assert experiment["name"] == "faults"
-        assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in experiment["tags"]  # opens on the runs table
+        tags = {t["key"]: t["value"] for t in experiment["tags"]}
+        assert tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs table
+        view = json.loads(json.loads(tags["mlflow.sharedViewState.ser-study-ua-wa"])["state"])  # the view the URL opens
+        assert {"metrics.`test_ua_mean`", "metrics.`test_wa_mean`", "metrics.`val_ua_mean`", "tags.`method`"} <= set(view["selectedColumns"])
 
         runs = _api(base, "/api/2.0/mlflow/runs/search", {"experiment_ids": [match.group(1)], "filter": "tags.`ser_study.kind` = 'trial'"})["runs"]
         assert len(runs) == 2

@@ -146,15 +146,14 @@ def _print_report(study_dir: str) -> None:
 def _runs_view(study_dir: str, server: str) -> str:
     """The URL of the study's runs table on the MLflow UI at ``server`` (its home page if the store cannot be read)."""
     from study.config.loading import load_resolved_study
-    from study.tracking.store import experiment_id_of, runs_view_url
+    from study.tracking.store import runs_view_url
 
     config = load_resolved_study(study_dir)
     try:
-        experiment_id = experiment_id_of(config.tracking_uri(), config.name)
+        return runs_view_url(server, config.tracking_uri(), config.name)
     except Exception as err:  # a server that is down: the link to its home page still helps
         logger.warning("could not read the experiment of %s from %s (%s)", config.name, config.tracking_uri(), err)
-        experiment_id = None
-    return runs_view_url(server, experiment_id)
+        return server
 
 
 def run_report(args: argparse.Namespace) -> int:

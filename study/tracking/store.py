@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 from urllib.parse import unquote
 
 from study.io.layout import ARTIFACT_DIR
+from study.tracking.view import VIEW_TAG, view_query, view_tag_value
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ def ensure_experiment(uri: str, name: str, artifact_location: str | None = None)
         experiment = with_retries(client.get_experiment_by_name, name)
         if experiment is None:
             try:
-                return with_retries(client.create_experiment, name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+                return with_retries(client.create_experiment, name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, VIEW_TAG: view_tag_value()})
             except MlflowException as exc:
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
@@ -158,19 +159,20 @@ def ensure_experiment(uri: str, name: str, artifact_location: str | None = None)
             with_retries(client.restore_experiment, experiment.experiment_id)
         if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
             with_retries(client.set_experiment_tag, experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        if VIEW_TAG not in experiment.tags:
+            with_retries(client.set_experiment_tag, experiment.experiment_id, VIEW_TAG, view_tag_value())
         return experiment.experiment_id
 
 
-def experiment_id_of(uri: str, name: str) -> str | None:
-    """The id of experiment ``name`` in the store at ``uri``, or None when the study logged nothing there yet."""
-    experiment = with_retries(get_client(uri).get_experiment_by_name, name)
-    return None if experiment is None else experiment.experiment_id
-
-
-def runs_view_url(server: str, experiment_id: str | None) -> str:
-    """The MLflow UI page of ``server`` that lists the runs of ``experiment_id`` (the server's home page without one)."""
+def runs_view_url(server: str, uri: str, name: str) -> str:
+    """The MLflow UI page of ``server`` listing the runs of experiment ``name`` (in the store at ``uri``), opened on the
+    study's saved view (UA and WA columns shown) when the experiment has it; the server's home page before the study
+    logged anything."""
     base = server.rstrip("/")
-    return f"{base}/#/experiments/{experiment_id}/runs" if experiment_id else base
+    experiment = with_retries(get_client(uri).get_experiment_by_name, name)
+    if experiment is None:
+        return base
+    return f"{base}/#/experiments/{experiment.experiment_id}/runs" + (view_query() if VIEW_TAG in experiment.tags else "")
 
 
 def remember_run_uri(run_id: str, uri: str) -> None:

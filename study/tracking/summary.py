@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 from study.report.model import AGG_METRIC, Report, best_of, finite
 from study.tracking.runs import KIND_TAG, PARAMS_TAG, PARENT_TAG, STATUS_TAG, STUDY_DIR_TAG, STUDY_TAG, SUMMARY_RUN_NAME, TRIAL_ID_TAG
 from study.tracking.store import ensure_experiment, flatten, get_client, log_batch, log_params_once, make_metric, quote, remember_run_uri, search_runs, with_retries
+from study.tracking.view import VIEW_TAG, view_tag_value
 
 logger = logging.getLogger(__name__)
 
@@ -156,10 +157,12 @@ def log_comparisons(uri: str, experiment: str, report: Report) -> int:
     report is written (again at each report: the latest values win). Returns
     the number of runs updated.
     """
-    if not report.comparisons:
-        return 0
     client = get_client(uri)
     experiment_id = ensure_experiment(uri, experiment)
+    # The saved view of the runs table shows the deltas to this study's baselines.
+    with_retries(client.set_experiment_tag, experiment_id, VIEW_TAG, view_tag_value([b.method for b in report.baselines]))
+    if not report.comparisons:
+        return 0
     runs = {run.data.tags.get(TRIAL_ID_TAG): run for run in search_runs(client, experiment_id, f"tags.`{KIND_TAG}` = 'trial'")}
     timestamp = int(time.time() * 1000)
     updated = 0
