@@ -36,6 +36,23 @@ def test_the_view_shows_trials_builds_and_an_eta(tmp_path):
     assert "built: 2 of 4 (embeddings 1, tapt 1); reused from the cache: 1" in text
     assert "ETA: 0m" in text  # two of four built so far: the rest at the same rate
 
+    checkpoint = tmp_path / "cache" / "cpt" / ".k3.ckpt"  # what a phase's local runtime leaves after its second epoch
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "progress.json").write_text('{"epoch": 1, "epochs": 8}')
+    assert view._with_epoch("cpt/k3") == "cpt/k3 (epoch 2/8)" and view._with_epoch("tapt/k1") == "tapt/k1"
+
     view.on_trial_complete(0, [trial], trial)
     restored = pickle.loads(pickle.dumps(view))  # Tune keeps its callbacks in the experiment's state
     assert restored.built == {"tapt": 1, "embeddings": 1} and restored.rows["t1"]["state"] == "done" and restored.live is None
+
+
+def test_a_local_training_phase_leaves_its_epoch_beside_its_checkpoint(tmp_path):
+    import json
+
+    from trainables.phases.artifacts import checkpoint_dir_for
+    from trainables.runtime import PROGRESS_FILE, LocalRuntime
+
+    checkpoint = checkpoint_dir_for(tmp_path / "cpt" / "k3")
+    LocalRuntime(checkpoint).report({"epoch": 4}, {"epoch": 4, "epochs": 8})
+    assert json.loads((checkpoint / PROGRESS_FILE).read_text()) == {"epoch": 4, "epochs": 8}
+    assert StudyProgress(str(tmp_path))._with_epoch("cpt/k3") == "cpt/k3 (epoch 5/8)"

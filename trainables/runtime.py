@@ -8,6 +8,7 @@ hand, or on Ray Train workers (``trainables.ray_train.RayTrainRuntime``).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import platform
 import shutil
@@ -25,6 +26,8 @@ from trainables.phases.artifacts import PhaseRecord
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "state.pt"
+#: Beside a local checkpoint: ``{"epoch": e, "epochs": n}`` of the phase building it (what a study's progress view reads).
+PROGRESS_FILE = "progress.json"
 
 
 def default_device() -> torch.device:
@@ -143,6 +146,7 @@ class LocalRuntime(Runtime):
         self.checkpoint_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".ckpt.", dir=self.checkpoint_dir.parent))
         save_checkpoint(state, tmp)
+        (tmp / PROGRESS_FILE).write_text(json.dumps({"epoch": state.get("epoch"), "epochs": state.get("epochs")}))
         old = self.checkpoint_dir.with_name(self.checkpoint_dir.name + ".old")
         if self.checkpoint_dir.exists():
             self.checkpoint_dir.rename(old)

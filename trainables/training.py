@@ -174,6 +174,7 @@ def fit(
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "epoch": epoch,
+                "epochs": epochs,
                 "best_score": best_score,
                 "best_state": best_state,
                 "best_metrics": best_metrics,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from ray import tune
@@ -24,6 +25,8 @@ from rich.text import Text
 
 from study.cache.store import EVENTS_DIR
 from study.io import storage
+from trainables.phases.artifacts import checkpoint_dir_for
+from trainables.runtime import PROGRESS_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -133,9 +136,20 @@ class StudyProgress(tune.Callback):
                 from study.cache.leases import get_coordinator
 
                 self.coordinator = get_coordinator(self.cache_root)
-            self.building = sorted(ray.get(self.coordinator.held.remote(), timeout=5))
+            self.building = [self._with_epoch(lease) for lease in sorted(ray.get(self.coordinator.held.remote(), timeout=5))]
         except Exception as err:  # the view must never disturb the study
             logger.debug("progress: leases not read (%s)", err)
+
+    def _with_epoch(self, lease: str) -> str:
+        """``phase/key``, with the epoch its local checkpoint has reached (a local cache and executor only)."""
+        if storage.is_uri(self.cache_root):
+            return lease
+        phase, _, key = lease.partition("/")
+        try:
+            done = json.loads((checkpoint_dir_for(Path(self.cache_root) / phase / key) / PROGRESS_FILE).read_text())
+            return f"{lease} (epoch {done['epoch'] + 1}/{done['epochs']})"
+        except (OSError, ValueError, KeyError, TypeError):
+            return lease
 
     def eta_seconds(self) -> float | None:
         done = sum(self.built.values())
