@@ -10,7 +10,6 @@ import math
 from typing import Mapping, Sequence
 
 import numpy as np
-from sklearn import metrics as skm
 
 
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> np.ndarray:
@@ -22,6 +21,8 @@ def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: 
     for name, values in (("y_true", y_true), ("y_pred", y_pred)):
         if values.size and (values.min() < 0 or values.max() >= num_classes):
             raise ValueError(f"{name} holds a class outside 0..{num_classes - 1}")
+    from sklearn import metrics as skm  # here, not at the top: the report and the CLI import this module, sklearn takes a second
+
     return skm.confusion_matrix(y_true, y_pred, labels=list(range(num_classes))).astype(np.int64)
 
 
@@ -33,6 +34,8 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], num_cla
     the classes in the reference or the predictions (0 where undefined). NaN
     for an empty evaluation.
     """
+    from sklearn import metrics as skm
+
     matrix = confusion_matrix(y_true, y_pred, num_classes)
     y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
     if not y_true.size:
