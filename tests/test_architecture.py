@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("study", "trainables")
 MAX_LINES = 500
 #: What ``ser-study --help`` and reading a study file must not load (seconds each on a small machine).
-HEAVY = ("torch", "ray", "transformers")
+HEAVY = ("torch", "ray", "transformers", "sklearn")  # each takes a second or more to import on 2 cores
 
 
 def _modules() -> dict[str, Path]:
