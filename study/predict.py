@@ -165,11 +165,10 @@ def predict(
         raise UserError("--chunk-seconds and --batch-seconds must be positive")
     files = resolve_inputs(paths)
     target = pick_device(device)
-    best, folds = fold_models(study_dir)
-    if fold is not None:
-        folds = [f for f in folds if f.test_session == fold]
-        if not folds:
-            raise UserError(f"--fold {fold}: trial {best['trial_id']} has folds {[f.test_session for f in fold_models(study_dir)[1]]}")
+    best, every_fold = fold_models(study_dir)
+    folds = every_fold if fold is None else [f for f in every_fold if f.test_session == fold]
+    if not folds:
+        raise UserError(f"--fold {fold}: trial {best['trial_id']} has folds {[f.test_session for f in every_fold]}")
     loaded = [load_model(f.directory) for f in folds]
     models = [model.to(target).eval() for model, _ in loaded]
     classes = loaded[0][1]
@@ -181,16 +180,16 @@ def predict(
         except AudioError as err:
             skipped.append(Skipped(str(path), str(err)))
     max_samples = max(int(chunk_seconds * info.sample_rate), info.receptive_field)
-    pieces, owner = [], []
-    for index, (_, waveform) in enumerate(waveforms):
-        for piece in chunk(waveform, max_samples, min_samples=info.receptive_field):
-            pieces.append(piece)
-            owner.append(index)
+    pieces, spans = [], []  # spans[i]: the range of pieces that file i was cut into
+    for _, waveform in waveforms:
+        start = len(pieces)
+        pieces += chunk(waveform, max_samples, min_samples=info.receptive_field)
+        spans.append(range(start, len(pieces)))
     with torch.inference_mode():
         probs = _probabilities(models, pieces, target, info.group_norm, batch_seconds, info.sample_rate) if pieces else []
     predictions = []
     for index, (path, waveform) in enumerate(waveforms):
-        mine = [(probs[k], pieces[k].numel()) for k in range(len(pieces)) if owner[k] == index]
+        mine = [(probs[k], pieces[k].numel()) for k in spans[index]]
         weights = torch.tensor([n for _, n in mine], dtype=torch.float32)
         mean = (torch.stack([p for p, _ in mine]) * weights[:, None]).sum(0) / weights.sum()
         predictions.append(Prediction(str(path), dict(zip(classes, mean.tolist())), waveform.numel() / info.sample_rate, len(mine)))
