@@ -80,7 +80,7 @@ import torch
 
 from machine import describe_machine
 from study.cache.store import ArtifactCache
-from study.cache.chain import FoldResult, run_fold_chain
+from study.cache.chain import FoldChain, FoldResult, run_fold_chain
 from trainables.atomic import atomic_write_text
 from trainables.data.demo_corpus import DemoCorpusConfig, generate_demo_corpus
 from trainables.data.iemocap import read_iemocap
@@ -190,7 +190,8 @@ def settings_for(args: argparse.Namespace) -> PhaseSettings:
 
 def run_chain(utterances, test_session: int, candidate: Candidate, settings: PhaseSettings, encoder: Path, classes, cache: ArtifactCache,
               embed_layers: Sequence[int] | None) -> FoldResult:
-    return run_fold_chain(utterances, test_session, FoldProtocol(), "alignment", candidate._asdict(), settings, str(encoder), classes, cache, LocalExecutor(), embed_layers=embed_layers)
+    chain = FoldChain(utterances, test_session, FoldProtocol(), "alignment", candidate._asdict(), settings, str(encoder), classes, embed_layers=embed_layers)
+    return run_fold_chain(chain, cache, LocalExecutor())
 
 
 def baseline_sample(args, grid, count: int | None) -> list[tuple[int, Candidate]]:

@@ -46,7 +46,7 @@ from scipy.optimize import linear_sum_assignment
 
 from machine import describe_machine
 from study.cache.store import ArtifactCache
-from study.cache.chain import FoldResult, run_fold_chain
+from study.cache.chain import FoldChain, FoldResult, run_fold_chain
 from trainables.atomic import atomic_write_text
 from trainables.data.demo_corpus import DemoCorpusConfig, generate_demo_corpus
 from trainables.data.iemocap import read_iemocap
@@ -107,7 +107,7 @@ def run_fold(utterances: list, encoder: Path, fold: int, threads: int, cache: Pa
     classes = get_label_set("4class").classes
     started = time.perf_counter()
     artifacts = ArtifactCache(cache)
-    result = run_fold_chain(utterances, fold, FoldProtocol(), "alignment", CANDIDATE, smoke_settings(epochs=epochs), str(encoder), classes, artifacts, LocalExecutor())
+    result = run_fold_chain(FoldChain(utterances, fold, FoldProtocol(), "alignment", CANDIDATE, smoke_settings(epochs=epochs), str(encoder), classes), artifacts, LocalExecutor())
     labels = np.load(artifacts.path("clustering", result.artifacts["clustering"]) / LABELS_FILE)
     return {"seconds": time.perf_counter() - started, "val": result.val, "test": result.test, "hashes": file_hashes(artifacts, result), "labels": labels}
 

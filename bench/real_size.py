@@ -39,7 +39,7 @@ import psutil
 from transformers import HubertConfig
 
 from machine import describe_machine
-from study.cache.chain import run_fold_chain
+from study.cache.chain import FoldChain, run_fold_chain
 from study.cache.store import ArtifactCache
 from trainables.atomic import atomic_write_text
 from trainables.config import PRESETS
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for method in args.recipes:
         started = time.perf_counter()
         first = len(executor.rows)
-        result = run_fold_chain(utterances, args.fold, FoldProtocol(), method, PARAMS[method], settings, str(encoder), classes_of(utterances), cache, executor)
+        result = run_fold_chain(FoldChain(utterances, args.fold, FoldProtocol(), method, PARAMS[method], settings, str(encoder), classes_of(utterances)), cache, executor)
         outcomes[method] = {"seconds": time.perf_counter() - started, "test_ua": result.test["ua"], "phases": executor.rows[first:]}
         logger.info("%s: test UA %.3f in %.0f s", method, result.test["ua"], outcomes[method]["seconds"])
     return {"utterances": len(utterances), "audio_s": sum(u.duration_s for u in utterances), "outcomes": outcomes, "peak_gib": max((r["peak_gib"] for r in executor.rows), default=0.0)}

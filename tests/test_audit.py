@@ -16,7 +16,7 @@ from study.audit.study import audit_study
 #: The phases of an alignment fold, in chain order.
 PHASES = ("tapt", "embeddings", "clustering", "cpt", "finetune")
 from study.cache.store import ArtifactCache
-from study.cache.chain import run_fold_chain
+from study.cache.chain import FoldChain, run_fold_chain
 from study.cli import main
 from trainables.data.folds import Fold, Split, Validation, build_fold
 from trainables.data.manifest import fingerprint
@@ -50,7 +50,7 @@ def study(tmp_path_factory, small_utterances, tiny_encoder, settings):
     cache = ArtifactCache(study_dir / "cache")
     folds = {}
     for name, protocol in (("strict", FoldProtocol()), ("shared", FoldProtocol(unsupervised_audio="train+test"))):
-        result = run_fold_chain(small_utterances, TEST_SESSION, protocol, "alignment", CANDIDATE, settings, str(tiny_encoder), CLASSES, cache, LocalExecutor())
+        result = run_fold_chain(FoldChain(small_utterances, TEST_SESSION, protocol, "alignment", CANDIDATE, settings, str(tiny_encoder), CLASSES), cache, LocalExecutor())
         folds[name] = json.loads(json.dumps(result.to_dict()))  # as read back from the trial record
         (study_dir / "trials").mkdir(exist_ok=True)
         (study_dir / "trials" / f"trial-{name}.json").write_text(json.dumps(_trial_record(f"trial-{name}", protocol, [folds[name]])))

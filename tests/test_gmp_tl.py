@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from study.audit.checks import audit_fold
-from study.cache.chain import run_fold_chain
+from study.cache.chain import FoldChain, run_fold_chain
 from study.cache.store import ArtifactCache
 from trainables.config import UtteranceObjective, smoke_settings
 from trainables.data.folds import FoldProtocol, build_fold
@@ -80,7 +80,7 @@ def chain(tmp_path_factory, small_utterances, tiny_encoder, settings):
     cache_dir = tmp_path_factory.mktemp("gmp") / "cache"
     cache = ArtifactCache(cache_dir)
     run = lambda method, params: run_fold_chain(  # noqa: E731
-        small_utterances, TEST_SESSION, FoldProtocol(), method, params, settings, str(tiny_encoder), CLASSES, cache, LocalExecutor()
+        FoldChain(small_utterances, TEST_SESSION, FoldProtocol(), method, params, settings, str(tiny_encoder), CLASSES), cache, LocalExecutor()
     )
     gmp = run("gmp_tl", PARAMS)
     alignment = run("alignment", {"layer": 2, "clusters": 4, "mask_ratio": 0.2, "pooling": "average"})

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from study.audit.checks import audit_fold
-from study.cache.chain import run_fold_chain
+from study.cache.chain import FoldChain, run_fold_chain
 from study.cache.store import ArtifactCache
 from study.config.base import StudyConfigError
 from study.config.loading import load_study, shipped_studies
@@ -133,7 +133,7 @@ def chain(tmp_path_factory, small_utterances, tiny_encoder):
     base = smoke_settings(epochs=1)
     settings = replace(base, kmeans=replace(base.kmeans, max_fit_frames=5000, n_init=1))
     cache_dir = tmp_path_factory.mktemp("metadata") / "cache"
-    result = run_fold_chain(small_utterances, 1, FoldProtocol(), "metadata", {"pooling": "average"}, settings, str(tiny_encoder), CLASSES,
+    result = run_fold_chain(FoldChain(small_utterances, 1, FoldProtocol(), "metadata", {"pooling": "average"}, settings, str(tiny_encoder), CLASSES),
                             ArtifactCache(cache_dir), LocalExecutor())
     return cache_dir, json.loads(json.dumps(result.to_dict()))
 

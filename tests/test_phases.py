@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from study.cache.store import ArtifactCache
-from study.cache.chain import run_fold_chain
+from study.cache.chain import FoldChain, run_fold_chain
 from study.cli import main
 from trainables.data.folds import FoldSpec, build_fold
 from trainables.data.manifest import fingerprint
@@ -136,7 +136,7 @@ def test_finetune_scores_the_test_session_and_saves_predictions(chain, fold):
 def test_the_chain_reuses_every_cached_phase(small_utterances, tiny_encoder, settings, tmp_path):
     cache = ArtifactCache(tmp_path / "cache")
     candidate = {"layer": 2, "clusters": 4, "mask_ratio": 0.2, "pooling": "average"}
-    run = lambda c: run_fold_chain(small_utterances, 2, FoldProtocol(), "alignment", c, settings, str(tiny_encoder), CLASSES, cache, LocalExecutor())  # noqa: E731
+    run = lambda c: run_fold_chain(FoldChain(small_utterances, 2, FoldProtocol(), "alignment", c, settings, str(tiny_encoder), CLASSES), cache, LocalExecutor())  # noqa: E731
     first = run(candidate)
     assert first.built == ["tapt", "embeddings", "clustering", "cpt", "finetune"]
     assert first.fold["test_session"] == 2 and first.fold["strict"] is True
@@ -263,7 +263,7 @@ def test_tapt_pretrains_on_the_pretrained_encoders_clusters_before_its_labels(sm
 
     masked = replace(settings, tapt=replace(settings.tapt, pretrain="masked", pretrain_layer=1, pretrain_clusters=4, pretrain_mask_ratio=0.4))
     cache = ArtifactCache(tmp_path / "cache")
-    result = run_fold_chain(small_utterances, 2, FoldProtocol(), "tapt", {}, masked, str(tiny_encoder), CLASSES, cache, LocalExecutor())
+    result = run_fold_chain(FoldChain(small_utterances, 2, FoldProtocol(), "tapt", {}, masked, str(tiny_encoder), CLASSES), cache, LocalExecutor())
     assert result.built == ["embeddings@tapt", "clustering@tapt", "cpt@tapt", "tapt", "score"]
     assert result.links["tapt"] == ["cpt@tapt"] and result.links["cpt@tapt"] == ["clustering@tapt"]
     path = lambda step: cache.path(result.phases[step], result.artifacts[step])  # noqa: E731
@@ -283,8 +283,8 @@ def test_under_the_published_validation_the_test_sessions_speaker_stays_out_of_t
     from trainables.data.folds import Validation
 
     protocol = FoldProtocol(validation=Validation.TEST_SESSION_SPEAKER, unsupervised_audio="train")
-    result = run_fold_chain(small_utterances, 2, protocol, "alignment", {"layer": 2, "clusters": 4, "mask_ratio": 0.2, "pooling": "average"},
-                            settings, str(tiny_encoder), CLASSES, ArtifactCache(tmp_path / "cache"), LocalExecutor())
+    result = run_fold_chain(FoldChain(small_utterances, 2, protocol, "alignment", {"layer": 2, "clusters": 4, "mask_ratio": 0.2, "pooling": "average"},
+                                      settings, str(tiny_encoder), CLASSES), ArtifactCache(tmp_path / "cache"), LocalExecutor())
     embedded = read_record(ArtifactCache(tmp_path / "cache").path("embeddings", result.artifacts["embeddings"]))
     assert 2 not in embedded["used"]["embedded"]["sessions"]  # the validating speaker of session 2 is test-session audio
     audit = audit_fold(result.to_dict(), tmp_path / "cache")

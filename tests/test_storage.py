@@ -284,7 +284,7 @@ def test_tune_finds_no_state_to_restore_in_an_empty_remote_dir(tmp_path):
 
 def test_a_fold_chain_on_a_remote_cache_is_reused_by_another_node(small_utterances, tiny_encoder, tmp_path):
     """Real phases: node b finds every phase of node a's chain, downloads them and gets the same scores."""
-    from study.cache.chain import run_fold_chain
+    from study.cache.chain import FoldChain, run_fold_chain
     from trainables.executors import LocalExecutor
     from trainables.config import smoke_settings
     from trainables.data.folds import FoldProtocol
@@ -297,7 +297,7 @@ def test_a_fold_chain_on_a_remote_cache_is_reused_by_another_node(small_utteranc
 
     def run(node: str):
         cache = ArtifactCache(root, local_dir=tmp_path / node)
-        return run_fold_chain(small_utterances, 2, FoldProtocol(), "alignment", candidate, settings, str(tiny_encoder), classes, cache, LocalExecutor())
+        return run_fold_chain(FoldChain(small_utterances, 2, FoldProtocol(), "alignment", candidate, settings, str(tiny_encoder), classes), cache, LocalExecutor())
 
     first = run("node_a")
     assert first.built == ["tapt", "embeddings", "clustering", "cpt", "finetune"]

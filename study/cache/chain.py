@@ -52,33 +52,45 @@ def _select(utterances: Sequence[Utterance], ids: Sequence[str]) -> list[Utteran
     return [u for u in utterances if u.utt_id in wanted]
 
 
-def _fold_context(
-    utterances: Sequence[Utterance],
-    test_session: int,
-    protocol: FoldProtocol,
-    settings: PhaseSettings,
-    encoder: str,
-    classes: Sequence[str],
-    executor: Any,
-    embed_layers: Sequence[int],
-    seed: int,
-    get_or_build: Any,
-) -> tuple[Fold, FoldContext]:
-    """The fold testing ``test_session`` and the context its recipe takes its steps in."""
-    fold: Fold = build_fold(utterances, protocol.fold_spec(test_session))
+@dataclass(frozen=True)
+class FoldChain:
+    """One fold of one method with its parameters: what :func:`plan_fold_chain` plans and :func:`run_fold_chain` runs.
+
+    ``embed_layers`` are embedded in one pass with the candidate's own layers;
+    give a study's whole layer set so its candidates share one pass. ``seed``
+    moves every training phase's seed (a study's repeats: ``study.seeds``); the
+    split depends only on the protocol's seed, so every repeat trains on the same split.
+    """
+
+    utterances: Sequence[Utterance]
+    test_session: int
+    protocol: FoldProtocol
+    method: str
+    params: Mapping[str, Any]
+    settings: PhaseSettings
+    encoder: str
+    classes: Sequence[str]
+    embed_layers: Sequence[int] = ()
+    seed: int = 0
+
+
+def _fold_context(chain: FoldChain, executor: Any, get_or_build: Any) -> tuple[Fold, FoldContext]:
+    """The fold testing ``chain.test_session`` and the context its recipe takes its steps in."""
+    utterances = chain.utterances
+    fold: Fold = build_fold(utterances, chain.protocol.fold_spec(chain.test_session))
     train, val, test = (_select(utterances, split.utt_ids) for split in (fold.train, fold.val, fold.test))
     context = FoldContext(
-        test_session=test_session,
-        seed=seed,
+        test_session=chain.test_session,
+        seed=chain.seed,
         train=train,
         val=val,
         test=test,
-        unsupervised=_select(utterances, protocol.unsupervised_ids(fold)),
-        classes=classes,
-        settings=settings.reseeded(seed),
-        encoder=encoder,
-        encoder_id=encoder_fingerprint(encoder),
-        embed_layers=embed_layers,
+        unsupervised=_select(utterances, chain.protocol.unsupervised_ids(fold)),
+        classes=chain.classes,
+        settings=chain.settings.reseeded(chain.seed),
+        encoder=chain.encoder,
+        encoder_id=encoder_fingerprint(chain.encoder),
+        embed_layers=chain.embed_layers,
         executor=executor,
         get_or_build=get_or_build,
         log=logger.info,
@@ -95,69 +107,38 @@ class PlannedStep:
     cached: bool
 
 
-def plan_fold_chain(
-    utterances: Sequence[Utterance],
-    test_session: int,
-    protocol: FoldProtocol,
-    method: str,
-    params: Mapping[str, Any],
-    settings: PhaseSettings,
-    encoder: str,
-    classes: Sequence[str],
-    cache: ArtifactCache,
-    embed_layers: Sequence[int] = (),
-    seed: int = 0,
-) -> dict[str, PlannedStep]:
-    """The steps :func:`run_fold_chain` would take with these arguments (step -> planned artifact), building nothing.
+def plan_fold_chain(chain: FoldChain, cache: ArtifactCache) -> dict[str, PlannedStep]:
+    """The steps :func:`run_fold_chain` would take for ``chain`` (step -> planned artifact), building nothing.
 
     The recipe walks its chain with a cache that only computes keys: a step's
     build is never called, so the keys are exactly those a run would use.
     """
-    recipe = get_recipe(method)
+    recipe = get_recipe(chain.method)
 
     def key_only(phase: str, spec: dict[str, Any], build: Any) -> tuple[str, Any]:
         key = artifact_key(phase, spec)
         return key, cache.path(phase, key)
 
-    _, context = _fold_context(utterances, test_session, protocol, settings, encoder, classes, None, embed_layers, seed, key_only)
-    recipe.run(context, recipe.resolve(params))
+    _, context = _fold_context(chain, None, key_only)
+    recipe.run(context, recipe.resolve(chain.params))
     return {step: PlannedStep(context.phases[step], key, cache.has(context.phases[step], key)) for step, key in context.keys.items()}
 
 
-def run_fold_chain(
-    utterances: Sequence[Utterance],
-    test_session: int,
-    protocol: FoldProtocol,
-    method: str,
-    params: Mapping[str, Any],
-    settings: PhaseSettings,
-    encoder: str,
-    classes: Sequence[str],
-    cache: ArtifactCache,
-    executor: Any,
-    embed_layers: Sequence[int] = (),
-    seed: int = 0,
-) -> FoldResult:
-    """Run (or reuse) every step of ``method`` with ``params`` for the fold testing ``test_session``.
-
-    ``embed_layers`` are embedded in one pass with the candidate's own layers;
-    give a study's whole layer set so its candidates share one pass. ``seed``
-    moves every training phase's seed (a study's repeats: ``study.seeds``); the
-    split depends only on the protocol's seed, so every repeat trains on the same split.
-    """
-    recipe = get_recipe(method)
-    fold, context = _fold_context(utterances, test_session, protocol, settings, encoder, classes, executor, embed_layers, seed, cache.get_or_build)
+def run_fold_chain(chain: FoldChain, cache: ArtifactCache, executor: Any) -> FoldResult:
+    """Run (or reuse) every step of ``chain.method`` with ``chain.params`` for the fold testing ``chain.test_session``."""
+    recipe = get_recipe(chain.method)
+    fold, context = _fold_context(chain, executor, cache.get_or_build)
     unsupervised = context.unsupervised
     train, val, test = context.train, context.val, context.test
-    outcome = recipe.run_fold(context, params)
+    outcome = recipe.run_fold(context, chain.params)
     summary = fold.summary()
-    summary["unsupervised_audio"] = protocol.unsupervised_audio
+    summary["unsupervised_audio"] = chain.protocol.unsupervised_audio
     summary["unsupervised_fingerprint"] = fingerprint(u.utt_id for u in unsupervised)
     summary["fold_fingerprint"] = fingerprint(u.utt_id for u in train + val + test)
     return FoldResult(
-        test_session=test_session,
-        seed=seed,
-        method=method,
+        test_session=chain.test_session,
+        seed=chain.seed,
+        method=chain.method,
         val=outcome.val,
         test=outcome.test,
         fold=summary,
@@ -167,6 +148,6 @@ def run_fold_chain(
         links=outcome.links,
         built=outcome.built,
         seconds=outcome.seconds,
-        strict=protocol.strict,
+        strict=chain.protocol.strict,
         history=outcome.history,
     )

@@ -55,7 +55,7 @@ def _params(args: argparse.Namespace) -> dict:
 
 
 def run_run_fold(args: argparse.Namespace) -> int:
-    from study.cache.chain import run_fold_chain
+    from study.cache.chain import FoldChain, run_fold_chain
     from study.cache.store import ArtifactCache
     from trainables.atomic import atomic_write_text
     from trainables.data.folds import FoldProtocol
@@ -94,9 +94,8 @@ def run_run_fold(args: argparse.Namespace) -> int:
     if args.fold not in sessions:
         raise UserError(f"--fold {args.fold} has no utterances in {args.data}; sessions present: {sessions}")
     executor = make_executor(args.executor, RayResources(workers=args.workers, gpus_per_worker=args.gpus_per_worker), storage=args.out / "ray")
-    result = run_fold_chain(
-        utterances, args.fold, protocol, args.method, params, settings, args.encoder, classes_of(utterances), ArtifactCache(args.out / "cache"), executor
-    )
+    chain = FoldChain(utterances, args.fold, protocol, args.method, params, settings, args.encoder, classes_of(utterances))
+    result = run_fold_chain(chain, ArtifactCache(args.out / "cache"), executor)
     atomic_write_text(args.out / "result.json", json.dumps(result.to_dict(), indent=2))
     print(
         f"fold {args.fold}, {args.method} {params} ({protocol.describe()})\n"

@@ -23,7 +23,7 @@ def run_fold(study_dir: str, test_session: int, method: str, params: dict[str, A
     """One fold's chain of ``method`` with ``params`` (runs as a Ray task). Returns :meth:`~study.cache.chain.FoldResult.to_dict`."""
     import ray
 
-    from study.cache.chain import run_fold_chain
+    from study.cache.chain import FoldChain, run_fold_chain
     from trainables.executors import make_executor
 
     study = load_resolved_study(study_dir)  # imports the study's plugins: their recipes are known here too
@@ -33,7 +33,7 @@ def run_fold(study_dir: str, test_session: int, method: str, params: dict[str, A
     owner = f"fold-task-{ray.get_runtime_context().get_task_id()}"
     cache = ArtifactCache(cache_root, leases=LeaseClient(get_coordinator(cache_root), owner=owner))
     executor = make_executor(study.resources.executor, study.ray_resources(), storage=layout.ray_train_dir(study_dir))
-    result = run_fold_chain(
+    chain = FoldChain(
         utterances,
         test_session,
         study.protocol(),
@@ -42,11 +42,10 @@ def run_fold(study_dir: str, test_session: int, method: str, params: dict[str, A
         study.phase_settings(),
         study.encoder_ref(),
         study.classes(utterances),
-        cache,
-        executor,
         embed_layers=study.embedding_layers(),
         seed=seed,
     )
+    result = run_fold_chain(chain, cache, executor)
     context = ray.get_runtime_context()
     result.node = f"{socket.gethostname()} {context.get_node_id()[:12]}" if ray.is_initialized() else socket.gethostname()
     return result.to_dict()

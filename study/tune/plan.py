@@ -17,7 +17,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from study.cache.chain import plan_fold_chain
+from study.cache.chain import FoldChain, plan_fold_chain
 from study.cache.store import ArtifactCache
 from study.config.space import METHOD
 from study.config.study import StudyConfig
@@ -95,7 +95,8 @@ def make_plan(config: StudyConfig) -> Plan:
     for method, params in chains:
         for session in plan.folds:
             for seed in plan.seeds:
-                steps = plan_fold_chain(utterances, session, protocol, method, params, settings, config.encoder_ref(), classes, cache, embed_layers=layers, seed=seed)
+                chain = FoldChain(utterances, session, protocol, method, params, settings, config.encoder_ref(), classes, embed_layers=layers, seed=seed)
+                steps = plan_fold_chain(chain, cache)
                 for step in steps.values():
                     plan.artifacts[(step.phase, step.key)] = step.cached
     plan.phase_seconds = _build_seconds(cache)
