@@ -196,7 +196,7 @@ def test_a_driver_killed_at_three_points_resumes_to_the_report_of_an_uninterrupt
     lost = {p.stem for p in (study_dir / "trials" / "lost").glob("*.json")}
     assert set(finished_before) <= {r["trial_id"] for r in records} | lost
     # The search's Optuna study kept every trial across the four drivers: two COMPLETE with the records' scores, and
-    # none left RUNNING (a trial asked before a kill and never run again is FAIL).
+    # none left RUNNING (a trial asked before a kill is run by the next driver's first new trial, with its grid point).
     optuna_trials = optuna.load_study(study_name="faults", storage=f"sqlite:///{study_dir / 'optuna.db'}").trials
     assert sorted(t.value for t in optuna_trials if t.state == TrialState.COMPLETE) == pytest.approx(sorted(r["metrics"]["val_ua_mean"] for r in records))
     assert all(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in optuna_trials)

@@ -16,6 +16,7 @@ from study.config.base import StudyConfigError
 from study.config.loading import load_study, shipped_studies
 from study.tune.search import (
     CompleteOnlyOptunaSearch,
+    fail_unfinished_trials,
     grid_points,
     grid_size,
     is_complete,
@@ -246,8 +247,35 @@ def test_the_optuna_study_lives_in_its_storage_and_survives_a_restore(tmp_path):
     assert [t.state for t in loaded.trials] == [TrialState.COMPLETE, TrialState.RUNNING, TrialState.RUNNING]
     assert loaded.trials[0].value == 0.6 and set(loaded.trials[0].params) >= {"layer", "clusters", "pooling"}
 
+    lost_params = loaded.trials[2].params
     restored = make_searcher(cfg)
     restored.restore(str(tmp_path / "searcher.pkl"))
     restored.on_trial_complete("b", complete(0.7))
-    states = [t.state for t in optuna.load_study(study_name=cfg.name, storage=url).trials]
-    assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL]  # c will never run: not left RUNNING
+    # Tune never runs c again: its next new trial runs c's Optuna trial, with c's parameters.
+    assert restored.suggest("d") == {"method": "alignment", **lost_params}
+    restored.on_trial_complete("d", complete(0.8))
+    restored.suggest("e")
+    fail_unfinished_trials(url, cfg.name)  # the study ended with e asked and never run
+    trials = optuna.load_study(study_name=cfg.name, storage=url).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL]
+    assert [t.value for t in trials[:3]] == [0.6, 0.7, 0.8]
+
+
+def test_a_grid_point_asked_before_the_driver_died_is_run_after_the_restore(tmp_path):
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    cfg = config("smoke", "search.algorithm=grid", "search.space.layer={choice: [1]}", "search.space.pooling={choice: [average]}", "search.num_trials=2")
+    searcher = make_searcher(cfg, url)
+    first = searcher.suggest("a")
+    searcher.on_trial_complete("a", complete(0.6))
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    second = searcher.suggest("b")  # the driver dies before Tune saves again
+    assert first != second
+
+    restored = make_searcher(cfg, url)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.suggest("c") == second  # not a FAIL that the grid sampler would count as visited
+    restored.on_trial_complete("c", complete(0.7))
+    trials = optuna.load_study(study_name=cfg.name, storage=url).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE]

@@ -210,13 +210,17 @@ def _drive(study_dir: str | Path, address: str | None, make_tuner: Callable[[], 
     to the end, write the report."""
     import ray
 
+    from study.tune.search import fail_unfinished_trials
+
+    config = load_resolved_study(study_dir)
     connect_ray(address)
     _leave_job_package()
-    wait_for_capacity(load_resolved_study(study_dir), joined=bool(address), nodes=ray.nodes)
+    wait_for_capacity(config, joined=bool(address), nodes=ray.nodes)
     get_coordinator(str(layout.cache_dir(study_dir)))
     baselines = start_baselines(str(study_dir))  # beside the search, sharing its cache and its cluster
     results = make_tuner().fit()
     baselines.join()
+    fail_unfinished_trials(layout.optuna_storage_url(study_dir), config.name)
     _forget_lost_trials(study_dir)
     write_study_report(study_dir)
     return results

@@ -185,24 +185,37 @@ class CompleteOnlyOptunaSearch(OptunaSearch):
     With an RDB ``storage`` (a local study's ``optuna.db``) the Optuna study
     lives in that database, so ``optuna.load_study`` and ``optuna-dashboard``
     open it while the search runs; Tune's checkpoint of this searcher pickles
-    the storage's URL, and :meth:`restore` (``ser-study resume``) marks FAIL
-    the Optuna trials still RUNNING that the checkpoint does not know (asked
-    after Tune's last checkpoint, before the driver died), as Tune will not
-    run them again.
+    the storage's URL. An Optuna trial still RUNNING that the checkpoint does
+    not know was asked after Tune's last checkpoint, before the driver died:
+    Tune will not run it again, so :meth:`restore` (``ser-study resume``) keeps
+    it and :meth:`suggest` hands it, with its parameters, to the next new Tune
+    trial. Telling it FAIL and asking a new one would lose its point: a grid
+    sampler counts a FAIL trial's grid point as visited and never asks it
+    again. :func:`fail_unfinished_trials` marks FAIL any left when the study ends.
 
-    Uses ``OptunaSearch``'s private ``_ot_trials`` (Tune trial id -> Optuna
+    Uses Optuna's private ``FrozenTrial._trial_id`` (to reopen a trial) and ``OptunaSearch``'s private ``_ot_trials`` (Tune trial id -> Optuna
     trial), ``_ot_study`` and ``_completed_trials`` (Ray 2.60).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lost: list[optuna.trial.FrozenTrial] = []  # see restore
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
         if self._ot_study is None:
             return
         known = {trial.number for trial in self._ot_trials.values()}
-        for frozen in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if frozen.number not in known:
-                logger.info("Optuna trial %d was asked after Tune's last checkpoint and will not run: told FAIL", frozen.number)
-                self._ot_study.tell(frozen.number, None, state=TrialState.FAIL)
+        self._lost = [t for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number not in known]
+        for frozen in self._lost:
+            logger.info("Optuna trial %d was asked after Tune's last checkpoint: the next new trial runs its parameters", frozen.number)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if trial_id not in self._ot_trials and self._lost:
+            frozen = self._lost.pop(0)
+            self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, frozen._trial_id)
+            logger.info("Tune trial %s runs Optuna trial %d (asked before the driver died)", trial_id, frozen.number)
+        return super().suggest(trial_id)  # the define-by-run space reads an existing trial's parameters back
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if isinstance(self.metric, list) or trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -252,6 +265,16 @@ class CompleteOnlyOptunaSearch(OptunaSearch):
         except Exception as exc:  # as OptunaSearch: a refused tell must not end the study
             logger.warning("trial %s: Optuna refused %s (%s)", trial_id, state.name, exc)
         self._completed_trials.add(trial_id)
+
+
+def fail_unfinished_trials(storage_url: str | None, study_name: str) -> None:
+    """Tell FAIL every Optuna trial of a finished study still RUNNING in its storage (asked, never run)."""
+    if storage_url is None:
+        return
+    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        logger.info("Optuna trial %d was asked but never run: told FAIL", frozen.number)
+        study.tell(frozen.number, None, state=TrialState.FAIL)
 
 
 def make_searcher(config: StudyConfig, storage_url: str | None = None) -> CompleteOnlyOptunaSearch:
