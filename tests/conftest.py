@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,3 +63,23 @@ def reference_study(small_manifest, tiny_encoder, tmp_path_factory) -> Path:
     done = run_cli(*study_args(small_manifest, tiny_encoder, study_dir, *KILL_STUDY))
     assert done.returncode == 0, done.stderr[-3000:]
     return study_dir
+
+
+# -- ending the test process
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Once the session is over, end this process with its exit status as soon as Python's exit handlers have run.
+
+    Several tests start and stop a Ray driver in this process (``ray.init`` ...
+    ``ray.shutdown``); Ray leaves native threads behind each time (its GCS
+    client's io service, gRPC's event engine and timers), and one of them may
+    call into an object the interpreter's teardown freed: a segmentation fault
+    (exit status 139) after every test has passed. Ray documents restarting Ray in one process with threads still running
+    as unsafe (ray-project/ray#31145). The exit handler below is registered
+    last, so it runs after every other one (pytest's and Ray's included): only
+    the interpreter's finalization and C++ destructors are skipped.
+    """
+    if "ray" in sys.modules:
+        status = int(session.exitstatus)
+        atexit.register(lambda: (sys.stdout.flush(), sys.stderr.flush(), os._exit(status)))
