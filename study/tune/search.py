@@ -271,7 +271,10 @@ def fail_unfinished_trials(storage_url: str | None, study_name: str) -> None:
     """Tell FAIL every Optuna trial of a finished study still RUNNING in its storage (asked, never run)."""
     if storage_url is None:
         return
-    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage_url)
+    except KeyError:  # the search never created its study (no trial was asked)
+        return
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         logger.info("Optuna trial %d was asked but never run: told FAIL", frozen.number)
         study.tell(frozen.number, None, state=TrialState.FAIL)
