@@ -75,8 +75,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     ``ray.shutdown``); Ray leaves native threads behind each time (its GCS
     client's io service, gRPC's event engine and timers), and one of them may
     call into an object the interpreter's teardown freed: a segmentation fault
-    (exit status 139) after every test has passed. Ray documents restarting Ray in one process with threads still running
-    as unsafe (ray-project/ray#31145). The exit handler below is registered
+    (exit status 139) after every test has passed. Ray documents restarting Ray
+    in one process with threads still running as unsafe (ray-project/ray#31145).
+    The exit handler below is registered
     last, so it runs after every other one (pytest's and Ray's included): only
     the interpreter's finalization and C++ destructors are skipped.
     """

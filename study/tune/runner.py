@@ -210,8 +210,6 @@ def _drive(study_dir: str | Path, address: str | None, make_tuner: Callable[[], 
     to the end, write the report."""
     import ray
 
-    from study.tune.search import fail_unfinished_trials
-
     config = load_resolved_study(study_dir)
     connect_ray(address)
     _leave_job_package()
@@ -220,20 +218,23 @@ def _drive(study_dir: str | Path, address: str | None, make_tuner: Callable[[], 
     baselines = start_baselines(str(study_dir))  # beside the search, sharing its cache and its cluster
     results = make_tuner().fit()
     baselines.join()
-    fail_unfinished_trials(layout.optuna_storage_url(study_dir), config.name)
-    _forget_lost_trials(study_dir)
+    _forget_lost_trials(study_dir, config)
     write_study_report(study_dir)
     return results
 
 
-def _forget_lost_trials(study_dir: str | Path) -> None:
-    """Set aside the records and MLflow runs of trials that Tune's saved state never knew (see ``set_aside_lost_records``)."""
+def _forget_lost_trials(study_dir: str | Path, config: StudyConfig) -> None:
+    """Set aside the records and MLflow runs of trials that Tune's saved state never knew (see ``set_aside_lost_records``),
+    and tell FAIL the Optuna trials asked but never run."""
     from ray import tune
+
+    from study.tune.search import fail_unfinished_trials
+
+    fail_unfinished_trials(layout.optuna_storage_url(study_dir), config.name)
 
     # Tune's own experiment_path drops the scheme of an s3:// study ("bucket/prefix/tune"): name the experiment ourselves.
     known = {trial.trial_id for trial in tune.ExperimentAnalysis(_tune_storage_path(layout.tune_dir(study_dir))).trials}
     set_aside_lost_records(study_dir, known)
-    config = load_resolved_study(study_dir)
     try:
         retire_lost_trials(config.tracking_uri(), config.name, str(config.storage.study_dir), known)  # as run_trial tags it
     except Exception:  # MLflow trouble never fails a finished study; the report does not read MLflow

@@ -193,7 +193,8 @@ class CompleteOnlyOptunaSearch(OptunaSearch):
     sampler counts a FAIL trial's grid point as visited and never asks it
     again. :func:`fail_unfinished_trials` marks FAIL any left when the study ends.
 
-    Uses Optuna's private ``FrozenTrial._trial_id`` (to reopen a trial) and ``OptunaSearch``'s private ``_ot_trials`` (Tune trial id -> Optuna
+    Uses Optuna's private ``FrozenTrial._trial_id`` (to reopen a trial) and
+    ``OptunaSearch``'s private ``_ot_trials`` (Tune trial id -> Optuna
     trial), ``_ot_study`` and ``_completed_trials`` (Ray 2.60).
     """
 
