@@ -9,7 +9,8 @@ import torch
 from trainables.models.encoder import EncoderError, load_encoder, read_encoder_info
 from trainables.phases.artifacts import encoder_fingerprint
 from trainables.models.masking import achieved_ratio, span_mask
-from trainables.models.pooling import AttentionPooling, AveragePooling, make_pooling
+from trainables.models.heads import LayerMix, UtteranceClassifier
+from trainables.models.pooling import AttentionPooling, AveragePooling, StatisticsPooling, make_pooling, pooled_size
 from trainables.phases.acoustic_pretrain import mfcc_features
 
 
@@ -58,11 +59,12 @@ def test_padded_batch_frame_mask(tiny_encoder):
     assert out.frame_mask.sum(dim=1).tolist() == [encoder.info.frame_count(16000), encoder.info.frame_count(8000)]
 
 
-@pytest.mark.parametrize("pooling", ["attention", "average"])
+@pytest.mark.parametrize("pooling", ["attention", "average", "stats"])
 def test_pooling_ignores_padding(pooling):
     torch.manual_seed(0)
     layer = make_pooling(pooling, 8)
     hidden = torch.randn(3, 20, 8)
+    assert layer(hidden, torch.ones(3, 20, dtype=torch.bool)).shape == (3, pooled_size(pooling, 8))
     mask = torch.zeros(3, 20, dtype=torch.bool)
     for row, length in enumerate([20, 7, 13]):
         mask[row, :length] = True
@@ -84,6 +86,64 @@ def test_average_pooling_is_the_mean_and_attention_weights_sum_to_one():
     attention(hidden, mask)
     assert attention.last_weights[0, 2:].sum() == 0
     assert attention.last_weights.sum() == pytest.approx(1.0)
+
+
+def test_statistics_pooling_is_the_mean_and_std_of_valid_frames():
+    hidden = torch.randn(2, 9, 4)
+    mask = torch.tensor([[True] * 9, [True] * 5 + [False] * 4])
+    pooled = StatisticsPooling()(hidden, mask)
+    for row, length in enumerate([9, 5]):
+        frames = hidden[row, :length]
+        assert torch.allclose(pooled[row], torch.cat([frames.mean(0), frames.std(0, unbiased=False)]), atol=1e-3)
+
+
+def test_layer_mix_starts_as_the_mean_of_the_layers_and_learns_its_weights():
+    states = tuple(torch.full((1, 2, 3), float(i)) for i in range(4))
+    mix = LayerMix(4)
+    assert torch.allclose(mix(states), torch.full((1, 2, 3), 1.5))
+    mix(states).sum().backward()
+    assert mix.weights.grad is not None and mix.weights.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(("layers", "pooling"), [("weighted", "stats"), ("weighted", "attention"), ("last", "stats")])
+def test_classifier_reads_the_layers_and_pooling_it_is_given(tiny_encoder, layers, pooling):
+    torch.manual_seed(0)
+    model = UtteranceClassifier(load_encoder(tiny_encoder), pooling, {"emotion": 4}, head_norm="batch", layers=layers)
+    waveforms, mask = torch.randn(3, 8000), torch.ones(3, 8000, dtype=torch.long)
+    assert model.pooled(waveforms, mask).shape == (3, pooled_size(pooling, 32))
+    model(waveforms, mask)["emotion"].sum().backward()
+    assert (model.layer_mix is not None) == (layers == "weighted")
+    if model.layer_mix is not None:
+        assert model.layer_mix.weights.shape == (4,) and model.layer_mix.weights.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="layers must be one of"):
+        UtteranceClassifier(load_encoder(tiny_encoder), pooling, {"emotion": 4}, layers="first")
+
+
+@pytest.mark.parametrize(("layers", "pooling", "head_norm"), [("weighted", "stats", "batch"), ("last", "attention", "none")])
+def test_saved_and_exported_classifiers_score_as_the_trained_one(tiny_encoder, tmp_path, layers, pooling, head_norm):
+    from study.export.hf import to_huggingface
+    from trainables.phases.classifier import load_classifier, save_classifier
+
+    torch.manual_seed(0)
+    model = UtteranceClassifier(load_encoder(tiny_encoder), pooling, {"emotion": 4}, head_norm=head_norm, layers=layers)
+    model.train()
+    for _ in range(3):  # running statistics and layer weights away from their initial values
+        model(torch.randn(4, 8000), torch.ones(4, 8000, dtype=torch.long))["emotion"].sum().backward()
+        with torch.no_grad():
+            for parameter in model.parameters():
+                if parameter.grad is not None:
+                    parameter -= 0.1 * parameter.grad
+    model.eval()
+    classes = ["neu", "hap", "ang", "sad"]
+    save_classifier(model, classes, tmp_path)
+    loaded, loaded_classes = load_classifier(tmp_path)
+    waveform, mask = torch.randn(1, 12000), torch.ones(1, 12000, dtype=torch.long)
+    with torch.no_grad():
+        expected = model(waveform, mask)["emotion"]
+        assert loaded_classes == classes and torch.allclose(loaded(waveform, mask)["emotion"], expected, atol=1e-5)
+        exported = to_huggingface(model, classes)
+        assert exported.config.layers == layers and exported.config.pooling == pooling
+        assert torch.allclose(exported(waveform, mask).logits, expected, atol=1e-4)
 
 
 @pytest.mark.parametrize("ratio", [0.05, 0.2, 0.5, 0.8])

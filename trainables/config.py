@@ -21,7 +21,10 @@ import numpy as np
 from pydantic import ConfigDict
 from pydantic.dataclasses import dataclass
 
-POOLINGS = ("attention", "average")
+#: Utterance poolings (trainables.models.pooling): attention, the mean, or the mean and standard deviation.
+POOLINGS = ("attention", "average", "stats")
+#: Which encoder layers a classifier reads: the last, or a learnt softmax-weighted sum of all (SUPERB).
+CLASSIFIER_LAYERS = ("last", "weighted")
 FRAME_HEADS = ("cosine", "linear")
 KMEANS_BACKENDS = ("faiss", "cuml", "sklearn")
 
@@ -98,6 +101,8 @@ class ClassifierConfig:
     spec_augment: float | None = None
     #: "batch": standardise the pooled vector over the batch before the heads (see trainables.models.heads); "none": as is.
     head_norm: Literal["none", "batch"] = "none"
+    #: Which encoder layers the pooling reads: "last", or "weighted": a learnt softmax-weighted sum of all (SUPERB's SER head).
+    layers: Literal["last", "weighted"] = "last"
 
     def __post_init__(self) -> None:
         _check(

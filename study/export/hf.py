@@ -58,12 +58,15 @@ def to_huggingface(model: UtteranceClassifier, classes: list[str]) -> SerStudyFo
         head=model.head_kinds[EMOTION_TASK],
         head_norm=model.head_norm,
         cosine_scale=model.cosine_scale,
+        layers=model.layers,
         id2label=dict(enumerate(classes)),
         label2id={c: i for i, c in enumerate(classes)},
     )
     config.auto_map = dict(AUTO_MAP)
     hf = SerStudyForAudioClassification(config)
     state = {f"encoder.{k}": v for k, v in model.encoder.model.state_dict().items()}
+    if model.layer_mix is not None:
+        state["layer_mix.weights"] = model.layer_mix.weights.detach()
     state.update({f"pooling.{k}": v for k, v in model.pooling.state_dict().items()})
     state.update({f"norm.{k}": v for k, v in model.norm.state_dict().items()})
     state.update({f"classifier.{k}": v for k, v in model.heads[EMOTION_TASK].state_dict().items()})

@@ -21,7 +21,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-POOLINGS = ("attention", "average")
+POOLINGS = ("attention", "average", "stats")
+LAYERS = ("last", "weighted")
 HEADS = ("linear", "cosine")
 HEAD_NORMS = ("none", "batch")
 
@@ -29,23 +30,30 @@ HEAD_NORMS = ("none", "batch")
 class SerStudyConfig(PretrainedConfig):
     """The encoder's own config (a dict with its ``model_type``) plus how frames become class scores.
 
-    pooling: ``attention`` (soft attention over valid frames) or ``average``;
-    head: ``linear``, or ``cosine`` (``cosine_scale`` times the cosine to each
+    layers: ``last`` (the encoder's last layer) or ``weighted`` (a learnt
+    softmax-weighted sum of all its hidden states); pooling: ``attention``
+    (soft attention over valid frames), ``average``, or ``stats`` (mean and
+    standard deviation, ``[B, 2H]``); head: ``linear``, or ``cosine`` (``cosine_scale`` times the cosine to each
     class direction, AM-Softmax's head); head_norm: ``batch`` standardises the
     pooled vector with running statistics (BatchNorm without scale or shift).
     """
 
     model_type = "ser-study-classifier"
 
-    def __init__(self, encoder: dict | None = None, pooling: str = "attention", head: str = "linear", head_norm: str = "none", cosine_scale: float = 30.0, **kwargs):
+    def __init__(self, encoder: dict | None = None, pooling: str = "attention", head: str = "linear", head_norm: str = "none", cosine_scale: float = 30.0,
+                 layers: str = "last", **kwargs):
         super().__init__(**kwargs)
-        if pooling not in POOLINGS or head not in HEADS or head_norm not in HEAD_NORMS:
-            raise ValueError(f"pooling must be in {POOLINGS}, head in {HEADS}, head_norm in {HEAD_NORMS}; got {pooling!r}, {head!r}, {head_norm!r}")
+        if pooling not in POOLINGS or head not in HEADS or head_norm not in HEAD_NORMS or layers not in LAYERS:
+            raise ValueError(
+                f"pooling must be in {POOLINGS}, head in {HEADS}, head_norm in {HEAD_NORMS}, layers in {LAYERS}; "
+                f"got {pooling!r}, {head!r}, {head_norm!r}, {layers!r}"
+            )
         self.encoder = dict(encoder or {})
         self.pooling = pooling
         self.head = head
         self.head_norm = head_norm
         self.cosine_scale = float(cosine_scale)
+        self.layers = layers
 
     def encoder_config(self) -> PretrainedConfig:
         values = dict(self.encoder)
@@ -62,12 +70,15 @@ class SerStudyForAudioClassification(PreTrainedModel):
         encoder_config = config.encoder_config()
         hidden = encoder_config.hidden_size
         self.encoder = AutoModel.from_config(encoder_config)
+        states = encoder_config.num_hidden_layers + 1
+        self.layer_mix = nn.ParameterDict({"weights": nn.Parameter(torch.zeros(states))}) if config.layers == "weighted" else nn.ParameterDict()
         self.pooling = nn.ModuleDict({"score": nn.Linear(hidden, 1)}) if config.pooling == "attention" else nn.ModuleDict()
-        self.norm = nn.BatchNorm1d(hidden, affine=False) if config.head_norm == "batch" else nn.Identity()
+        width = 2 * hidden if config.pooling == "stats" else hidden
+        self.norm = nn.BatchNorm1d(width, affine=False) if config.head_norm == "batch" else nn.Identity()
         if config.head == "cosine":
-            self.classifier = nn.ParameterDict({"weight": nn.Parameter(torch.zeros(config.num_labels, hidden))})
+            self.classifier = nn.ParameterDict({"weight": nn.Parameter(torch.zeros(config.num_labels, width))})
         else:
-            self.classifier = nn.Linear(hidden, config.num_labels)
+            self.classifier = nn.Linear(width, config.num_labels)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -83,10 +94,15 @@ class SerStudyForAudioClassification(PreTrainedModel):
         return torch.arange(frames, device=attention_mask.device)[None, :] < lengths[:, None]
 
     def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``[B, F, H]`` frames, ``[B, F]`` mask -> ``[B, H]``."""
-        if self.config.pooling == "average":
-            weights = mask.to(hidden.dtype)
-            return (hidden * weights.unsqueeze(-1)).sum(dim=1) / weights.sum(dim=1, keepdim=True).clamp(min=1.0)
+        """``[B, F, H]`` frames, ``[B, F]`` mask -> ``[B, H]`` (``[B, 2H]`` for ``stats``)."""
+        if self.config.pooling in ("average", "stats"):
+            weights = mask.to(hidden.dtype).unsqueeze(-1)
+            count = weights.sum(dim=1).clamp(min=1.0)
+            mean = (hidden * weights).sum(dim=1) / count
+            if self.config.pooling == "average":
+                return mean
+            variance = (((hidden - mean.unsqueeze(1)) * weights) ** 2).sum(dim=1) / count
+            return torch.cat([mean, torch.sqrt(variance + 1e-6)], dim=-1)
         energy = torch.tanh(self.pooling["score"](hidden).squeeze(-1)).float().masked_fill(~mask, float("-inf"))
         weights = torch.nan_to_num(torch.softmax(energy, dim=1), nan=0.0)
         return torch.einsum("bf,bfh->bh", weights.to(hidden.dtype), hidden)
@@ -94,7 +110,12 @@ class SerStudyForAudioClassification(PreTrainedModel):
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None, **kwargs) -> SequenceClassifierOutput:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_values, dtype=torch.long)
-        hidden = self.encoder(input_values, attention_mask=attention_mask, return_dict=True).last_hidden_state
+        weighted = self.config.layers == "weighted"
+        out = self.encoder(input_values, attention_mask=attention_mask, output_hidden_states=weighted, return_dict=True)
+        hidden = out.last_hidden_state
+        if weighted:
+            weights = torch.softmax(self.layer_mix["weights"], dim=0).to(hidden.dtype)
+            hidden = torch.einsum("l,lbfh->bfh", weights, torch.stack(out.hidden_states))
         pooled = self.norm(self.pool(hidden, self.frame_mask(attention_mask, hidden.shape[1])).float())
         if self.config.head == "cosine":
             logits = self.config.cosine_scale * F.normalize(pooled, dim=-1) @ F.normalize(self.classifier["weight"].float(), dim=-1).T

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.models.encoder import SpeechEncoder
-from trainables.models.pooling import make_pooling
+from trainables.config import CLASSIFIER_LAYERS
+from trainables.models.pooling import make_pooling, pooled_size
 
 FRAME_HEADS = ("cosine", "linear")
 
@@ -71,8 +72,27 @@ class PooledNorm(nn.BatchNorm1d):
         return super().forward(pooled)
 
 
+class LayerMix(nn.Module):
+    """A learnt softmax-weighted sum of the encoder's hidden states (SUPERB's featurizer).
+
+    ``num_states`` tensors ``[B, F, H]`` -> ``[B, F, H]``. The weights start
+    equal; a classifier learns which layers hold its task (for emotion, often
+    not the last one).
+    """
+
+    def __init__(self, num_states: int):
+        super().__init__()
+        self.weights = nn.Parameter(torch.zeros(num_states))
+
+    def forward(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        weights = torch.softmax(self.weights, dim=0)
+        return torch.einsum("l,lbfh->bfh", weights.to(hidden_states[0].dtype), torch.stack(hidden_states))
+
+
 class UtteranceClassifier(nn.Module):
-    """Encoder -> pooling over valid frames -> (optionally) standardised -> one head per task (linear, or cosine: ``head_kinds``).
+    """Encoder -> (last layer, or ``layers="weighted"``: a learnt mix of all) -> pooling over valid frames -> (optionally) standardised -> one head per task.
+
+    Heads are linear, or cosine (``head_kinds``).
 
     ``head_norm="batch"`` standardises each dimension of the pooled vector over
     the batch (a ``BatchNorm1d`` without scale or shift; running statistics at
@@ -91,10 +111,13 @@ class UtteranceClassifier(nn.Module):
         head_norm: str = "none",
         head_kinds: Mapping[str, str] | None = None,
         cosine_scale: float = 30.0,
+        layers: str = "last",
     ):
         super().__init__()
         if head_norm not in HEAD_NORMS:
             raise ValueError(f"head_norm must be one of {HEAD_NORMS}, got {head_norm!r}")
+        if layers not in CLASSIFIER_LAYERS:
+            raise ValueError(f"layers must be one of {CLASSIFIER_LAYERS}, got {layers!r}")
         self.head_kinds = {task: (head_kinds or {}).get(task, "linear") for task in tasks}
         unknown = {kind for kind in self.head_kinds.values() if kind not in CLASS_HEADS}
         if unknown:
@@ -103,20 +126,21 @@ class UtteranceClassifier(nn.Module):
         self.pooling_name = pooling
         self.head_norm = head_norm
         self.cosine_scale = cosine_scale
+        self.layers = layers
+        self.layer_mix = LayerMix(encoder.info.num_layers + 1) if layers == "weighted" else None
         self.pooling = make_pooling(pooling, encoder.hidden_size)
-        self.norm = PooledNorm(encoder.hidden_size) if head_norm == "batch" else nn.Identity()
+        width = pooled_size(pooling, encoder.hidden_size)
+        self.norm = PooledNorm(width) if head_norm == "batch" else nn.Identity()
         self.dropout = nn.Dropout(dropout)
         self.heads = nn.ModuleDict(
-            {
-                task: CosineClassHead(encoder.hidden_size, n, cosine_scale) if self.head_kinds[task] == "cosine" else nn.Linear(encoder.hidden_size, n)
-                for task, n in tasks.items()
-            }
+            {task: CosineClassHead(width, n, cosine_scale) if self.head_kinds[task] == "cosine" else nn.Linear(width, n) for task, n in tasks.items()}
         )
 
     def pooled(self, waveforms: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The utterance vectors ``[B, H]`` the heads read (after pooling and the head's normalisation)."""
-        out = self.encoder(waveforms, attention_mask)
-        return self.norm(self.pooling(out.last_hidden, out.frame_mask).float())
+        """The utterance vectors ``[B, D]`` the heads read (after pooling and the head's normalisation; D is 2H for ``stats``)."""
+        out = self.encoder(waveforms, attention_mask, output_hidden_states=self.layer_mix is not None)
+        frames = out.last_hidden if self.layer_mix is None else self.layer_mix(out.hidden_states)
+        return self.norm(self.pooling(frames, out.frame_mask).float())
 
     def forward(self, waveforms: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         pooled = self.dropout(self.pooled(waveforms, attention_mask))

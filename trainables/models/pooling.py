@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-POOLINGS = ("attention", "average")
+from trainables.config import POOLINGS
+
 
 
 class AveragePooling(nn.Module):
@@ -44,9 +45,32 @@ class AttentionPooling(nn.Module):
         return torch.einsum("bf,bfh->bh", weights.to(hidden.dtype), hidden)
 
 
+class StatisticsPooling(nn.Module):
+    """Mean and standard deviation over valid frames (x-vector statistics pooling).
+
+    hidden ``[B, F, H]``, frame_mask ``[B, F]`` bool -> ``[B, 2H]`` (means, then
+    standard deviations). The spread keeps what a mean averages away: how far
+    pitch, energy and spectrum move within the utterance.
+    """
+
+    def forward(self, hidden: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        mask = frame_mask.unsqueeze(-1).to(hidden.dtype)
+        count = mask.sum(dim=1).clamp(min=1.0)
+        mean = (hidden * mask).sum(dim=1) / count
+        variance = (((hidden - mean.unsqueeze(1)) * mask) ** 2).sum(dim=1) / count
+        return torch.cat([mean, torch.sqrt(variance + 1e-6)], dim=-1)
+
+
+def pooled_size(name: str, hidden_size: int) -> int:
+    """Width of the utterance vector a pooling gives for frames of ``hidden_size``."""
+    return 2 * hidden_size if name == "stats" else hidden_size
+
+
 def make_pooling(name: str, hidden_size: int) -> nn.Module:
     if name == "attention":
         return AttentionPooling(hidden_size)
     if name == "average":
         return AveragePooling()
+    if name == "stats":
+        return StatisticsPooling()
     raise ValueError(f"unknown pooling {name!r}; choose one of {POOLINGS}")

@@ -71,7 +71,7 @@ def train_classifier(
     aux_tasks = [metadata_task(name) for name in objective.aux]
     model = UtteranceClassifier(
         encoder, pooling, {EMOTION_TASK: len(classes), **{task.name: len(task.classes) for task in aux_tasks}},
-        dropout=cfg.dropout, head_norm=cfg.head_norm,
+        dropout=cfg.dropout, head_norm=cfg.head_norm, layers=cfg.layers,
         head_kinds={EMOTION_TASK: "cosine" if objective.emotion_head == "am_softmax" else "linear"}, cosine_scale=objective.am_scale,
     )
     rate = encoder.info.sample_rate
@@ -113,7 +113,7 @@ def save_classifier(model: UtteranceClassifier, classes: Sequence[str], director
     head_state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("encoder.")}
     save_file(head_state, str(directory / HEADS_FILE))
     description = {
-        "pooling": model.pooling_name, "head_norm": model.head_norm, "classes": list(classes),
+        "pooling": model.pooling_name, "head_norm": model.head_norm, "layers": model.layers, "classes": list(classes),
         "tasks": {t: h.out_features for t, h in model.heads.items()}, "head_kinds": model.head_kinds, "cosine_scale": model.cosine_scale,
     }
     (directory / CLASSIFIER_FILE).write_text(json.dumps(description, indent=2))
@@ -125,7 +125,7 @@ def load_classifier(directory: Path) -> tuple[UtteranceClassifier, list[str]]:
     encoder = load_encoder(directory / "encoder")
     model = UtteranceClassifier(
         encoder, description["pooling"], description["tasks"], head_norm=description.get("head_norm", "none"),
-        head_kinds=description.get("head_kinds"), cosine_scale=description.get("cosine_scale", 30.0),
+        head_kinds=description.get("head_kinds"), cosine_scale=description.get("cosine_scale", 30.0), layers=description.get("layers", "last"),
     )
     missing, unexpected = model.load_state_dict(load_file(str(directory / HEADS_FILE)), strict=False)
     if unexpected or any(not k.startswith("encoder.") for k in missing):
