@@ -34,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from encoder_probe import encode, probe
 from machine import describe_machine
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,43 +55,6 @@ def cli(*args: str, log: Path) -> float:
     if done.returncode:
         raise RuntimeError(f"ser-study {' '.join(args)} failed; see {log}")
     return time.perf_counter() - started
-
-
-def probe(manifest: Path, encoder: Path, folds: list[int]) -> dict[int, float]:
-    """Mean test UA over ``folds`` of a standardised logistic regression on each layer's mean+std pooled frames."""
-    import numpy as np
-    import torch
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    from trainables.data.audio import load_waveform
-    from trainables.data.labels import classes_of
-    from trainables.data.manifest import read_manifest
-    from trainables.metrics import classification_metrics
-    from trainables.models.encoder import load_encoder
-
-    utterances = read_manifest(manifest)
-    classes = list(classes_of(utterances))
-    model = load_encoder(encoder).eval()
-    rows = []
-    with torch.no_grad():
-        for u in utterances:
-            waveform = load_waveform(u.path, model.info.sample_rate)[None]
-            out = model(waveform, torch.ones_like(waveform, dtype=torch.long), output_hidden_states=True)
-            rows.append([torch.cat([h[0].mean(0), h[0].std(0)]).numpy() for h in out.hidden_states])
-    labels = np.array([classes.index(u.label) for u in utterances])
-    sessions = np.array([u.session for u in utterances])
-    scores = {}
-    for layer in range(len(rows[0])):
-        features = np.stack([r[layer] for r in rows])
-        uas = []
-        for fold in folds:
-            model_ = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, class_weight="balanced", C=0.1))
-            model_.fit(features[sessions != fold], labels[sessions != fold])
-            uas.append(classification_metrics(labels[sessions == fold].tolist(), model_.predict(features[sessions == fold]).tolist(), len(classes))["ua"])
-        scores[layer] = float(np.mean(uas))
-    return scores
 
 
 def study_numbers(study_dir: Path) -> dict[str, float]:
@@ -122,7 +86,7 @@ def run_engine(engine: str, work: Path) -> dict:
     return {
         "study": study_numbers(study_dir),
         "run_fold": {"test_ua": run_fold["test"]["ua"], "val_ua": run_fold["val"]["ua"]},
-        "probe": probe(manifest, encoder, [1, 2]),
+        "probe": probe(encode(manifest, encoder), [1, 2]),
         "seconds": times,
     }
 

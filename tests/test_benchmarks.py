@@ -37,3 +37,13 @@ def test_gpu_phases_counts_hubert_base_flops_from_the_architecture():
     # ~85M transformer parameters: about 2 x 85M x 49 frames of matrix products per second of audio, plus attention;
     # the CNN's seven 512-channel convolutions cost about 4.9 GFLOP per second on their own.
     assert 7e9 < rest < 1.0e10 and 4.5e9 < cnn < 5.5e9
+
+
+def test_encoder_probe_reports_every_layer_of_a_frozen_encoder(small_manifest, tiny_encoder):
+    """The probe and prosody decoding run on a real manifest and encoder and print one row per hidden state."""
+    done = subprocess.run([sys.executable, "bench/encoder_probe.py", str(small_manifest), str(tiny_encoder), "--folds", "1", "2"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| ") and not line.startswith(("| layer", "| ---"))]
+    assert [int(row[0]) for row in rows] == [0, 1, 2, 3]  # the tiny encoder's CNN output and its 3 layers
+    assert all(0 <= float(row[1]) <= 100 and all(float(value) <= 1 for value in row[2:]) for row in rows)
