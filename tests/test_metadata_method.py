@@ -98,6 +98,17 @@ def test_ari_with_zero_alphas_is_exactly_the_plain_encoder(tiny_encoder, small_u
     assert not torch.equal(shifted["emotion"], out["emotion"])
 
 
+def test_the_emotion_branch_reads_the_classifiers_layers_and_statistics_pooling(tiny_encoder, small_utterances):
+    batch = _batch(small_utterances)
+    model = MultitaskClassifier(load_encoder(tiny_encoder), "stats", 4, {"gender": 2}, coattention=True, head_norm="batch", layers="weighted")
+    assert model.ser_mix is not None and model.heads["emotion"].in_features == 2 * 2 * 32  # SER frames + the gender view, mean and std
+    out = model(batch.waveforms, batch.attention_mask)
+    assert out["emotion"].shape == (len(batch.waveforms), 4)
+    out["emotion"].sum().backward()
+    assert model.ser_mix.logits.grad.abs().sum() > 0
+    assert MultitaskClassifier(load_encoder(tiny_encoder), "average", 4, {}).ser_mix is None
+
+
 def test_co_attention_never_attends_to_padded_frames():
     torch.manual_seed(0)
     attention = CoAttention(8, 2).eval()

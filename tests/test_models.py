@@ -102,7 +102,7 @@ def test_layer_mix_starts_as_the_mean_of_the_layers_and_learns_its_weights():
     mix = LayerMix(4)
     assert torch.allclose(mix(states), torch.full((1, 2, 3), 1.5))
     mix(states).sum().backward()
-    assert mix.weights.grad is not None and mix.weights.grad.abs().sum() > 0
+    assert mix.logits.grad is not None and mix.logits.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize(("layers", "pooling"), [("weighted", "stats"), ("weighted", "attention"), ("last", "stats")])
@@ -114,7 +114,7 @@ def test_classifier_reads_the_layers_and_pooling_it_is_given(tiny_encoder, layer
     model(waveforms, mask)["emotion"].sum().backward()
     assert (model.layer_mix is not None) == (layers == "weighted")
     if model.layer_mix is not None:
-        assert model.layer_mix.weights.shape == (4,) and model.layer_mix.weights.grad.abs().sum() > 0
+        assert model.layer_mix.logits.shape == (4,) and model.layer_mix.logits.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="layers must be one of"):
         UtteranceClassifier(load_encoder(tiny_encoder), pooling, {"emotion": 4}, layers="first")
 

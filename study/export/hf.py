@@ -66,7 +66,7 @@ def to_huggingface(model: UtteranceClassifier, classes: list[str]) -> SerStudyFo
     hf = SerStudyForAudioClassification(config)
     state = {f"encoder.{k}": v for k, v in model.encoder.model.state_dict().items()}
     if model.layer_mix is not None:
-        state["layer_mix.weights"] = model.layer_mix.weights.detach()
+        state["layer_mix.logits"] = model.layer_mix.logits.detach()
     state.update({f"pooling.{k}": v for k, v in model.pooling.state_dict().items()})
     state.update({f"norm.{k}": v for k, v in model.norm.state_dict().items()})
     state.update({f"classifier.{k}": v for k, v in model.heads[EMOTION_TASK].state_dict().items()})

@@ -71,7 +71,7 @@ class SerStudyForAudioClassification(PreTrainedModel):
         hidden = encoder_config.hidden_size
         self.encoder = AutoModel.from_config(encoder_config)
         states = encoder_config.num_hidden_layers + 1
-        self.layer_mix = nn.ParameterDict({"weights": nn.Parameter(torch.zeros(states))}) if config.layers == "weighted" else nn.ParameterDict()
+        self.layer_mix = nn.ParameterDict({"logits": nn.Parameter(torch.zeros(states))}) if config.layers == "weighted" else nn.ParameterDict()
         self.pooling = nn.ModuleDict({"score": nn.Linear(hidden, 1)}) if config.pooling == "attention" else nn.ModuleDict()
         width = 2 * hidden if config.pooling == "stats" else hidden
         self.norm = nn.BatchNorm1d(width, affine=False) if config.head_norm == "batch" else nn.Identity()
@@ -114,7 +114,7 @@ class SerStudyForAudioClassification(PreTrainedModel):
         out = self.encoder(input_values, attention_mask=attention_mask, output_hidden_states=weighted, return_dict=True)
         hidden = out.last_hidden_state
         if weighted:
-            weights = torch.softmax(self.layer_mix["weights"], dim=0).to(hidden.dtype)
+            weights = torch.softmax(self.layer_mix["logits"], dim=0).to(hidden.dtype)
             hidden = torch.einsum("l,lbfh->bfh", weights, torch.stack(out.hidden_states))
         pooled = self.norm(self.pool(hidden, self.frame_mask(attention_mask, hidden.shape[1])).float())
         if self.config.head == "cosine":

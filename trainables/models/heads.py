@@ -7,7 +7,7 @@ once) are more heads, and their losses are summed.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -73,20 +73,19 @@ class PooledNorm(nn.BatchNorm1d):
 
 
 class LayerMix(nn.Module):
-    """A learnt softmax-weighted sum of the encoder's hidden states (SUPERB's featurizer).
+    """A learnt softmax-weighted sum of ``count`` hidden states (SUPERB's featurizer): N+1 tensors ``[B, F, H]`` -> ``[B, F, H]``.
 
-    ``num_states`` tensors ``[B, F, H]`` -> ``[B, F, H]``. The weights start
-    equal; a classifier learns which layers hold its task (for emotion, often
-    not the last one).
+    The weights start equal; a classifier learns which layers hold its task
+    (for emotion, often not the last one).
     """
 
-    def __init__(self, num_states: int):
+    def __init__(self, count: int):
         super().__init__()
-        self.weights = nn.Parameter(torch.zeros(num_states))
+        self.logits = nn.Parameter(torch.zeros(count))
 
-    def forward(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        weights = torch.softmax(self.weights, dim=0)
-        return torch.einsum("l,lbfh->bfh", weights.to(hidden_states[0].dtype), torch.stack(hidden_states))
+    def forward(self, states: Sequence[torch.Tensor]) -> torch.Tensor:
+        weights = torch.softmax(self.logits.float(), dim=0).to(states[0].dtype)
+        return torch.einsum("l,lbfh->bfh", weights, torch.stack(list(states)))
 
 
 class UtteranceClassifier(nn.Module):

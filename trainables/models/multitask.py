@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.models.encoder import SpeechEncoder
-from trainables.models.heads import PooledNorm
-from trainables.models.pooling import make_pooling
+from trainables.models.heads import LayerMix, PooledNorm
+from trainables.models.pooling import make_pooling, pooled_size
 
 EMOTION = "emotion"
 CTC = "ctc"
@@ -67,18 +67,6 @@ class ResidualIntegration(nn.Module):
         return hook
 
 
-class LayerMix(nn.Module):
-    """A learnt softmax-weighted sum of ``count`` layers: N+1 tensors ``[B, F, H]`` -> ``[B, F, H]`` (uniform at start)."""
-
-    def __init__(self, count: int):
-        super().__init__()
-        self.logits = nn.Parameter(torch.zeros(count))
-
-    def forward(self, states: Sequence[torch.Tensor]) -> torch.Tensor:
-        weights = torch.softmax(self.logits.float(), dim=0).to(states[0].dtype)
-        return torch.einsum("l,lbfh->bfh", weights, torch.stack(list(states)))
-
-
 class CoAttention(nn.Module):
     """SER frames ``[B, F, H]`` attend to one view ``[B, F, H]``; padded view frames (``~frame_mask``) are never attended."""
 
@@ -112,27 +100,30 @@ class MultitaskClassifier(nn.Module):
         heads: int = 4,
         dropout: float = 0.1,
         head_norm: str = "none",
+        layers: str = "last",
     ):
         super().__init__()
         if integration not in INTEGRATIONS:
             raise ValueError(f"integration must be one of {INTEGRATIONS}, got {integration!r}")
         hidden = encoder.hidden_size
-        layers = encoder.model.encoder.layers
+        transformer = encoder.model.encoder.layers
         self.encoder = encoder
         self.integration = integration
         self.ctc_layer = ctc_layer
-        self.ari = ResidualIntegration(layers) if integration == "ari" else None
-        self.ser_mix = LayerMix(len(layers) + 1) if integration == "layer_sum" else None
-        self.views = nn.ModuleDict({task: nn.Sequential(LayerMix(len(layers) + 1), nn.Linear(hidden, hidden)) for task in tasks})
+        self.ari = ResidualIntegration(transformer) if integration == "ari" else None
+        # The classifier's ``layers="weighted"`` is this model's ``layer_sum`` integration: the SER branch reads a learnt mix of all layers.
+        self.ser_mix = LayerMix(len(transformer) + 1) if integration == "layer_sum" or layers == "weighted" else None
+        self.views = nn.ModuleDict({task: nn.Sequential(LayerMix(len(transformer) + 1), nn.Linear(hidden, hidden)) for task in tasks})
         self.ctc_view = nn.Linear(hidden, hidden) if ctc_vocab else None
         view_names = [*tasks, *([CTC] if ctc_vocab else [])]
         heads = heads if hidden % heads == 0 else 1
         self.coattention = nn.ModuleDict({name: CoAttention(hidden, heads) for name in view_names}) if coattention else None
         width = hidden * (1 + (len(view_names) if coattention else 0))
         self.pooling = make_pooling(pooling, width)
-        self.norm = PooledNorm(width) if head_norm == "batch" else nn.Identity()
+        pooled = pooled_size(pooling, width)
+        self.norm = PooledNorm(pooled) if head_norm == "batch" else nn.Identity()
         self.dropout = nn.Dropout(dropout)
-        self.heads = nn.ModuleDict({EMOTION: nn.Linear(width, num_classes), **{task: nn.Linear(hidden, n) for task, n in tasks.items()}})
+        self.heads = nn.ModuleDict({EMOTION: nn.Linear(pooled, num_classes), **{task: nn.Linear(hidden, n) for task, n in tasks.items()}})
         self.task_pooling = nn.ModuleDict({task: make_pooling("average", hidden) for task in tasks})
         self.ctc_head = nn.Linear(hidden, ctc_vocab) if ctc_vocab else None
 
