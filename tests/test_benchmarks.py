@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -47,3 +48,14 @@ def test_encoder_probe_reports_every_layer_of_a_frozen_encoder(small_manifest, t
     rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| ") and not line.startswith(("| layer", "| ---"))]
     assert [int(row[0]) for row in rows] == [0, 1, 2, 3]  # the tiny encoder's CNN output and its 3 layers
     assert all(0 <= float(row[1]) <= 100 and all(float(value) <= 1 for value in row[2:]) for row in rows)
+
+
+def test_head_variants_fine_tunes_each_variant_on_the_folds(small_manifest, tiny_encoder):
+    """Two classifier variants of the smoke preset, one epoch on one fold each: a row per variant with its UAs."""
+    variants = ['{"layers": "last", "pooling": "average", "train": {"epochs": 1}}', '{"layers": "weighted", "pooling": "stats", "train": {"epochs": 1}}']
+    done = subprocess.run([sys.executable, "bench/head_variants.py", str(small_manifest), str(tiny_encoder), "--folds", "1", *sum((["--variant", v] for v in variants), [])],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| `")]
+    assert [json.loads(row[0].strip(" `")) for row in rows] == [json.loads(v) for v in variants]
+    assert all(0 <= float(row[1]) <= 100 and 0 <= float(row[3]) <= 100 for row in rows)
