@@ -109,15 +109,16 @@ def prosody_r2(encoded: Encoded, held_out: float = 1 / 3) -> dict[int, dict[str,
 
 
 def egemaps_uas(manifest: Path, folds: list[int] | None) -> dict[int, float]:
-    """The probe's logistic regression on eGeMAPSv02 functionals, per held-out session."""
-    import opensmile
+    """The probe's logistic regression on the eGeMAPS baseline's own features (``run_egemaps_features``), per held-out session."""
+    import tempfile
 
-    from trainables.data.audio import load_waveform
     from trainables.data.manifest import read_manifest
+    from trainables.phases.egemaps import FEATURES_FILE, run_egemaps_features
 
     utterances = read_manifest(manifest)
-    smile = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02, feature_level=opensmile.FeatureLevel.Functionals)
-    features = np.array([smile.process_signal(load_waveform(u.path, 16000).numpy(), 16000).to_numpy()[0] for u in utterances])
+    with tempfile.TemporaryDirectory(prefix="ser-egemaps-") as tmp:
+        run_egemaps_features(utterances, Path(tmp) / "features")
+        features = np.load(Path(tmp) / "features" / FEATURES_FILE)  # one row per utterance, in manifest order
     return session_uas(features, utterances, folds)
 
 

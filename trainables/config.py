@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass as stdlib_dataclass
 from dataclasses import field, replace
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -24,7 +24,8 @@ from pydantic.dataclasses import dataclass
 #: Utterance poolings (trainables.models.pooling): attention, the mean, or the mean and standard deviation.
 POOLINGS = ("attention", "average", "stats")
 #: Which encoder layers a classifier reads: the last, or a learnt softmax-weighted sum of all (SUPERB).
-CLASSIFIER_LAYERS = ("last", "weighted")
+ClassifierLayers = Literal["last", "weighted"]
+CLASSIFIER_LAYERS = get_args(ClassifierLayers)
 FRAME_HEADS = ("cosine", "linear")
 KMEANS_BACKENDS = ("faiss", "cuml", "sklearn")
 
@@ -102,7 +103,7 @@ class ClassifierConfig:
     #: "batch": standardise the pooled vector over the batch before the heads (see trainables.models.heads); "none": as is.
     head_norm: Literal["none", "batch"] = "none"
     #: Which encoder layers the pooling reads: "last", or "weighted": a learnt softmax-weighted sum of all (SUPERB's SER head).
-    layers: Literal["last", "weighted"] = "last"
+    layers: ClassifierLayers = "last"
 
     def __post_init__(self) -> None:
         _check(

@@ -15,7 +15,6 @@ from torch import nn
 from trainables.config import POOLINGS
 
 
-
 class AveragePooling(nn.Module):
     """Mean over valid frames. hidden ``[B, F, H]``, frame_mask ``[B, F]`` bool -> ``[B, H]``."""
 
@@ -53,11 +52,13 @@ class StatisticsPooling(nn.Module):
     pitch, energy and spectrum move within the utterance.
     """
 
+    def __init__(self):
+        super().__init__()
+        self.average = AveragePooling()
+
     def forward(self, hidden: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-        mask = frame_mask.unsqueeze(-1).to(hidden.dtype)
-        count = mask.sum(dim=1).clamp(min=1.0)
-        mean = (hidden * mask).sum(dim=1) / count
-        variance = (((hidden - mean.unsqueeze(1)) * mask) ** 2).sum(dim=1) / count
+        mean = self.average(hidden, frame_mask)
+        variance = self.average((hidden - mean.unsqueeze(1)) ** 2, frame_mask)
         return torch.cat([mean, torch.sqrt(variance + 1e-6)], dim=-1)
 
 
