@@ -11,7 +11,7 @@ from trainables.phases.artifacts import encoder_fingerprint
 from trainables.models.masking import achieved_ratio, span_mask
 from trainables.models.heads import LayerMix, UtteranceClassifier
 from trainables.models.pooling import AttentionPooling, AveragePooling, StatisticsPooling, make_pooling, pooled_size
-from trainables.phases.acoustic_pretrain import mfcc_features
+from trainables.phases.acoustic_pretrain import PROSODY_WEIGHTS, mfcc_features, prosody_features, standardise_targets
 
 
 def test_tiny_encoder_loads_through_the_hf_path(tiny_encoder):
@@ -222,3 +222,32 @@ def test_freezing_the_cnn_builds_no_graph_through_it(tiny_encoder):
     waveforms = torch.randn(2, 8000)
     features = encoder.model.feature_extractor(waveforms)
     assert not features.requires_grad  # HF's freezing: not only the parameters, the input needs no gradient either
+
+
+def test_pretraining_targets_spread_log_f0_over_the_voiced_frames(tiny_encoder):
+    """Low and high voiced tones and near-silence: after standardisation the two pitches sit at -1 and +1 (times their weight), unvoiced frames at 0."""
+    info = read_encoder_info(tiny_encoder)
+    t = torch.arange(16000) / 16000
+    tones = [sum(torch.sin(2 * torch.pi * f0 * k * t) / k for k in range(1, 6)) for f0 in (110.0, 220.0)]
+    silence = 1e-4 * torch.randn(16000, generator=torch.Generator().manual_seed(0))
+    prosody = np.concatenate([prosody_features(w, info) for w in (*tones, silence)])
+    frames = np.concatenate([np.zeros((len(prosody), 39), dtype=np.float32), prosody], axis=1)
+    voiced = prosody[:, 1] > 0
+    assert voiced.sum() == 2 * info.frame_count(16000)  # both tones voiced, the near-silence not
+    log_f0 = standardise_targets(frames, prosody=True)[:, -2]
+    assert np.all(log_f0[~voiced] == 0)
+    assert np.allclose(np.sort(np.unique(log_f0[voiced].round(3))), [-PROSODY_WEIGHTS[1], PROSODY_WEIGHTS[1]], atol=0.01)
+    assert standardise_targets(frames, prosody=False).shape == frames.shape
+
+
+@pytest.mark.parametrize("f0", [75.0, 95.0, 150.0, 220.0, 300.0, 390.0])
+def test_prosody_features_find_the_pitch_of_low_and_high_voices(tiny_encoder, f0):
+    """A noisy harmonic tone: every frame voiced, at its pitch (no octave errors), where white noise is unvoiced."""
+    info = read_encoder_info(tiny_encoder)
+    t = torch.arange(16000) / 16000
+    noise = torch.randn(16000, generator=torch.Generator().manual_seed(int(f0)))
+    tone = sum(torch.sin(2 * torch.pi * f0 * k * t) / k for k in range(1, 6)) + 0.3 * noise
+    prosody = prosody_features(tone, info)
+    assert prosody.shape == (info.frame_count(16000), 3) and np.all(prosody[:, 1] > 0)
+    assert np.allclose(np.exp(prosody[:, 1]), f0, rtol=0.03)
+    assert not np.any(prosody_features(noise, info)[:, 1] > 0)
