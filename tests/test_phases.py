@@ -120,6 +120,18 @@ def test_cpt_refuses_pseudo_labels_that_do_not_match_the_frames(chain, fold, tin
     assert not (tmp_path / "cpt").exists()
 
 
+def test_cpt_with_an_unmasked_weight_adds_the_loss_of_the_unmasked_frames(chain, fold, tiny_encoder, settings, tmp_path):
+    train, val, _ = fold
+    one_update = replace(settings.cpt, train=replace(settings.cpt.train, epochs=1, max_updates=1))
+    first_loss = {}
+    for weight in (0.0, 1.0):
+        final = run_cpt(tiny_encoder, train + val, {"k4": chain / "km"}, 0.3, replace(one_update, unmasked_weight=weight), tmp_path / f"w{weight}", LocalRuntime())
+        first_loss[weight] = final["train_loss"]
+        assert 0.0 <= final["train_k4_accuracy"] <= 1.0 and final["train_mask_ratio"] == pytest.approx(0.3, abs=0.05)
+    # The same first batch and masks from the same start: weight 1 adds the other 70 % of the frames' loss, of about the same size.
+    assert 1.5 < first_loss[1.0] / first_loss[0.0] < 2.5
+
+
 def test_finetune_scores_the_test_session_and_saves_predictions(chain, fold):
     _, _, test = fold
     metrics = read_metrics(chain / "ft")

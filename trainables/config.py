@@ -194,9 +194,13 @@ class CptConfig:
     span: int = 10  # HuBERT masks spans of 10 frames (200 ms)
     init: Literal["pretrained", "tapt"] = "pretrained"  # or "tapt": start from the TAPT encoder
     freeze_feature_encoder: bool = True
+    #: Weight of the loss on the frames left unmasked (HuBERT's alpha is 1 on masked frames and this on the others;
+    #: fairseq's pred_nomask_weight, 0 in HuBERT-base). > 0 also teaches each frame's own features to the CNN.
+    unmasked_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        _check([(self.head in FRAME_HEADS, "head", f"head must be one of {FRAME_HEADS}, got {self.head!r}"), (self.span >= 1, "span", "span must be at least 1")])
+        _check([(self.head in FRAME_HEADS, "head", f"head must be one of {FRAME_HEADS}, got {self.head!r}"), (self.span >= 1, "span", "span must be at least 1"),
+                (self.unmasked_weight >= 0, "unmasked_weight", f"unmasked_weight must not be negative, got {self.unmasked_weight}")])
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -402,7 +406,9 @@ class TinyEncoderConfig:
     intermediate_size: int = 128
     conv_channels: int = 32
     #: How the CNN normalises: "group" (HuBERT-base: each channel over time, so padding changes features) or
-    #: "layer" (HuBERT-large: each frame over channels, with a pre-norm transformer).
+    #: "layer" (HuBERT-large: each frame over channels, with a pre-norm transformer). `ser-study tiny-encoder`
+    #: builds "group", whose CNN learns pitch in pretraining (docs/learning.md); "layer" keeps a random
+    #: encoder's features independent of padding, for tests that batch utterances.
     feat_extract_norm: Literal["group", "layer"] = "layer"
     seed: int = 0
 

@@ -176,10 +176,11 @@ class FramePredictor(nn.Module):
     """Encoder with masked frames -> one frame head per pseudo-label set.
 
     ``forward`` returns ``{label_set: logits [M, K]}`` for the M selected valid
-    frames (``frame_mask``). With ``mask_input`` (masked prediction, HuBERT's
-    objective) the selected frames are replaced by the mask embedding before
-    the transformer; without it the encoder sees every frame and the heads
-    classify the selected ones (plain frame classification).
+    frames (``frame_mask``, or ``predict_mask`` where given). With
+    ``mask_input`` (masked prediction, HuBERT's objective) the ``frame_mask``
+    frames are replaced by the mask embedding before the transformer; without
+    it the encoder sees every frame and the heads classify the selected ones
+    (plain frame classification).
     """
 
     def __init__(self, encoder: SpeechEncoder, label_sets: Mapping[str, int], head: str = "cosine", mask_input: bool = True):
@@ -188,7 +189,9 @@ class FramePredictor(nn.Module):
         self.mask_input = mask_input
         self.heads = nn.ModuleDict({name: make_frame_head(head, encoder.hidden_size, k) for name, k in label_sets.items()})
 
-    def forward(self, waveforms: torch.Tensor, attention_mask: torch.Tensor, frame_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, waveforms: torch.Tensor, attention_mask: torch.Tensor, frame_mask: torch.Tensor, predict_mask: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         out = self.encoder(waveforms, attention_mask, mask_time_indices=frame_mask if self.mask_input else None)
-        selected = out.last_hidden[frame_mask & out.frame_mask]
+        selected = out.last_hidden[(frame_mask if predict_mask is None else predict_mask) & out.frame_mask]
         return {name: head(selected) for name, head in self.heads.items()}

@@ -6,7 +6,8 @@ embedding before the transformer, which learns to predict the masked frames'
 pseudo labels (HuBERT-style cosine head, or a linear head). Several pseudo-label
 sets (e.g. several K at once, as GMP-TL does) get one head each, losses summed.
 ``mask_ratio`` 0 trains plain frame classification instead: nothing masked,
-every valid frame's labels predicted.
+every valid frame's labels predicted. ``unmasked_weight`` > 0 adds the loss on
+the unmasked frames, so weighted (HuBERT's loss on both kinds of frames).
 """
 
 from __future__ import annotations
@@ -141,14 +142,23 @@ def run_cpt(
     )
     loader, sampler = make_loader(dataset, cfg.train, runtime, shuffle=True, collate_fn=collate_frames)
 
+    unmasked_loss = cfg.unmasked_weight > 0 and mask_ratio > 0
+
     def loss_fn(net, batch: Batch):
         mask = batch.frame_mask
-        logits = net(batch.waveforms, batch.attention_mask, mask)
-        valid_frames = (next(iter(batch.frame_labels.values())) != IGNORE).sum(dim=1)
-        losses, extra = [], {"mask_ratio": achieved_ratio(mask, valid_frames)}
+        valid = next(iter(batch.frame_labels.values())) != IGNORE
+        logits = net(batch.waveforms, batch.attention_mask, mask, predict_mask=valid if unmasked_loss else None)
+        is_masked = mask[valid] if unmasked_loss else None  # which of the predicted frames were masked
+        losses, extra = [], {"mask_ratio": achieved_ratio(mask, valid.sum(dim=1))}
         for name, name_logits in logits.items():
-            targets = batch.frame_labels[name][mask]
-            losses.append(F.cross_entropy(name_logits.float(), targets, ignore_index=IGNORE))
+            targets = batch.frame_labels[name][valid if unmasked_loss else mask]
+            if unmasked_loss:
+                per_frame = F.cross_entropy(name_logits.float(), targets, ignore_index=IGNORE, reduction="none")
+                masked_loss = per_frame[is_masked].mean().nan_to_num(0.0)
+                losses.append(masked_loss + cfg.unmasked_weight * per_frame[~is_masked].mean().nan_to_num(0.0))
+                name_logits, targets = name_logits[is_masked], targets[is_masked]  # accuracy: on the masked frames, as without the option
+            else:
+                losses.append(F.cross_entropy(name_logits.float(), targets, ignore_index=IGNORE))
             extra[f"{name}_accuracy"] = (name_logits.argmax(1) == targets).float().mean().nan_to_num(0.0).detach()
         return sum(losses), extra
 
