@@ -244,6 +244,10 @@ CASES = [
     Case("run-fold-unknown-pooling", lambda env: run_fold(env, pooling="max"), ("--pooling", "'max'"), ("fold",)),
     Case("run-fold-missing-manifest", lambda env: run_fold(env, data=str(env.tmp / "missing.csv")), ("missing.csv",), ("fold",)),
     # ---- predict, resume, report, audit -----------------------------------------------------------
+    Case("tiny-encoder-negative-unmasked-weight", lambda env: ["tiny-encoder", str(env.tmp / "enc"), "--pretrain-on", str(env.manifest), "--unmasked-weight", "-1"],
+         ("--unmasked-weight", "must not be negative"), ("enc",)),
+    Case("tiny-encoder-pretraining-manifest-missing", lambda env: ["tiny-encoder", str(env.tmp / "enc"), "--pretrain-on", str(env.tmp / "missing.csv")],
+         ("missing.csv",), ("enc",)),
     Case("predict-unknown-device", _predict_unknown_device, ("--device 'tpu'", "auto, cpu, cuda")),
     Case("predict-pattern-matches-nothing", _predict_pattern_matching_nothing, ("*.wav", "matches no file")),
     Case("predict-input-missing", _predict_missing_file, ("missing.wav", "does not exist")),

@@ -1,4 +1,4 @@
-"""``ser-study prepare`` and ``ser-study demo-data`` through the real entry point."""
+"""``ser-study prepare``, ``ser-study demo-data`` and ``ser-study tiny-encoder`` through the real entry point."""
 
 from __future__ import annotations
 
@@ -84,3 +84,19 @@ def test_demo_data_rejects_too_few_utterances(tmp_path, capsys):
     assert main(["demo-data", str(tmp_path / "c"), "--utterances-per-session", "3"]) == 2
     assert "at least 10" in capsys.readouterr().err
     assert not (tmp_path / "c" / "IEMOCAP_full_release").exists()
+
+
+def test_tiny_encoder_pretrains_a_group_norm_cnn_on_masked_and_unmasked_frames(small_manifest, tmp_path, capsys):
+    import json
+
+    from trainables.models.encoder import load_encoder
+    from trainables.phases.artifacts import PRETRAINING_RECORD
+
+    out = tmp_path / "enc"
+    assert main(["tiny-encoder", str(out), "--pretrain-on", str(small_manifest), "--pretrain-epochs", "1", "--hidden-size", "16", "--layers", "1"]) == 0
+    assert json.loads((out / "config.json").read_text())["feat_extract_norm"] == "group"
+    record = json.loads((out / PRETRAINING_RECORD).read_text())
+    assert record["params"]["config"]["unmasked_weight"] == 1.0 and record["params"]["mask_ratio"] == 0.5
+    assert record["results"]["final"]["train_acoustic_accuracy"] > 0
+    assert load_encoder(out).info.num_layers == 1 and [p.name for p in tmp_path.iterdir()] == ["enc"]  # no work folder left behind
+    assert f"tiny encoder: {out}" in capsys.readouterr().out
