@@ -15,7 +15,8 @@ runs, through the command line:
 
 It also fits a frozen-feature probe per encoder layer (mean and std of the
 frames, standardised, logistic regression, folds 1-2): how much emotion the
-pretrained encoder's features hold before any fine-tuning.
+pretrained encoder's features hold before any fine-tuning; and how well each
+layer's frames give the frames' pitch (log F0).
 
 Run: ``.venv/bin/python bench/learning.py [--engines synth espeak] [--workdir DIR]``
 (about 25 minutes on 2 cores for both). Writes ``bench/results/learning.md``.
@@ -34,17 +35,24 @@ import tempfile
 import time
 from pathlib import Path
 
-from encoder_probe import encode, probe
+from encoder_probe import encode, probe, prosody_r2
 from machine import describe_machine
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "learning.md"
 CANDIDATE = ["--layer", "2", "--clusters", "8", "--mask-ratio", "0.2", "--pooling", "attention"]
-#: The same measurements at commit 72fedf3 (the smoke preset before the classifiers read a mix of layers), for the comparison.
+#: The same measurements at earlier commits, for the comparison: 72fedf3 (the classifiers read the last layer),
+#: 090447d (a learnt mix of all layers, mean and spread pooling; a layer-norm CNN pretrained on masked frames only).
 BEFORE = {
-    "synth": {"best": "47.6", "egemaps": "83.6", "finetune": "50.3", "tapt": "58.0", "run-fold": "63.6"},
-    "espeak": {"best": "34.2 (33.4 in docs/FINDINGS)", "egemaps": "58.5", "finetune": "40.4", "tapt": "39.3",
-               "run-fold": "29.3 (24.4 on the findings' corpus)"},
+    "72fedf3": {
+        "synth": {"best": "47.6", "egemaps": "83.6", "finetune": "50.3", "tapt": "58.0", "run-fold": "63.6"},
+        "espeak": {"best": "34.2 (33.4 in docs/FINDINGS)", "egemaps": "58.5", "finetune": "40.4", "tapt": "39.3",
+                   "run-fold": "29.3 (24.4 on the findings' corpus)"},
+    },
+    "090447d": {
+        "synth": {"best": "61.8", "egemaps": "83.6", "finetune": "44.7", "tapt": "56.8", "run-fold": "68.0"},
+        "espeak": {"best": "41.4", "egemaps": "60.6", "finetune": "37.5", "tapt": "32.3", "run-fold": "36.1"},
+    },
 }
 
 
@@ -84,10 +92,12 @@ def run_engine(engine: str, work: Path) -> dict:
     out = work / f"{engine}-run-fold"
     times["run-fold"] = cli("run-fold", "--data", str(manifest), "--encoder", str(encoder), "--fold", "2", *CANDIDATE, "--preset", "smoke", "--out", str(out), log=log)
     run_fold = json.loads((out / "result.json").read_text())
+    encoded = encode(manifest, encoder)
     return {
         "study": study_numbers(study_dir),
         "run_fold": {"test_ua": run_fold["test"]["ua"], "val_ua": run_fold["val"]["ua"]},
-        "probe": probe(encode(manifest, encoder), [1, 2]),
+        "probe": probe(encoded, [1, 2]),
+        "pitch_r2": {layer: r2["log F0"] for layer, r2 in prosody_r2(encoded).items()},
         "seconds": times,
     }
 
@@ -102,15 +112,20 @@ def write_report(results: dict, args: argparse.Namespace) -> None:
     ]
     for engine, result in results.items():
         study = result["study"]
-        lines += [f"## `{engine}` corpus", "", "| what | before (72fedf3) | now |", "| --- | --- | --- |"]
-        before = BEFORE.get(engine, {})
-        lines.append(f"| smoke study, best candidate by val UA ({study['best candidate params']}) | {before.get('best', 'n/a')} | {100 * study['best candidate']:.1f} |")
+        lines += [f"## `{engine}` corpus", "", "| what | " + " | ".join(BEFORE) + " | now |", "| --- " * (len(BEFORE) + 2) + "|"]
+
+        def row(what: str, key: str, now: str) -> str:
+            return f"| {what} | " + " | ".join(numbers.get(engine, {}).get(key, "n/a") for numbers in BEFORE.values()) + f" | {now} |"
+
+        lines.append(row(f"smoke study, best candidate by val UA ({study['best candidate params']})", "best", f"{100 * study['best candidate']:.1f}"))
         for name in ("egemaps", "finetune", "tapt"):
             value = study.get(f"baseline {name}")
-            lines.append(f"| baseline `{name}` (same folds) | {before.get(name, 'n/a')} | {'n/a' if value is None else f'{100 * value:.1f}'} |")
-        lines.append(f"| `run-fold --preset smoke` fold 2 ({' '.join(CANDIDATE)}) | {before.get('run-fold', 'n/a')} | {100 * result['run_fold']['test_ua']:.1f} |")
+            lines.append(row(f"baseline `{name}` (same folds)", name, "n/a" if value is None else f"{100 * value:.1f}"))
+        lines.append(row(f"`run-fold --preset smoke` fold 2 ({' '.join(CANDIDATE)})", "run-fold", f"{100 * result['run_fold']['test_ua']:.1f}"))
         probe_text = ", ".join(f"L{layer} {100 * ua:.1f}" for layer, ua in result["probe"].items())
-        lines += ["", f"Frozen-feature probe of the pretrained encoder (no fine-tuning), per layer: {probe_text}.", ""]
+        pitch_text = ", ".join(f"L{layer} {r2:.2f}" for layer, r2 in result["pitch_r2"].items())
+        lines += ["", f"Frozen-feature probe of the pretrained encoder (no fine-tuning), per layer: {probe_text}.",
+                  f"How well its frames give each voiced frame's log F0 (R^2 of a ridge regression, `bench/encoder_probe.py`), per layer: {pitch_text}.", ""]
         lines.append("Wall time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result["seconds"].items()) + ".")
         lines.append("")
     lines.append("Two folds of about 30 test utterances move every number by several points. What each phase shows, what the")

@@ -12,9 +12,8 @@ log energy, log F0 and voicing strength (a normalised autocorrelation peak),
 weighted so that k-means gives pitch about as much room as one MFCC block.
 Log F0 is standardised over voiced frames only, unvoiced frames sitting at the
 voiced mean: standardised over all frames, the gap between unvoiced (0) and
-voiced (about 5) frames is the feature's whole spread, and 50 clusters of the
-espeak pretraining corpus's frames then explain 14 % of the voiced frames' log F0
-variance where they explain 76 % this way (voicing itself is the third feature).
+voiced (about 5) frames is the feature's whole spread, and k-means hardly splits
+voiced frames by pitch (voicing itself is the third feature).
 HuBERT-base's 960 h of speech teach a large model prosody along with phones;
 a tiny model pretrained for minutes on a few hundred utterances learns what its
 targets ask for, and an emotion is mostly prosody.
