@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from study.cache.store import ArtifactCache
 from study.cache.chain import FoldChain, run_fold_chain
@@ -301,3 +302,32 @@ def test_under_the_published_validation_the_test_sessions_speaker_stays_out_of_t
     assert 2 not in embedded["used"]["embedded"]["sessions"]  # the validating speaker of session 2 is test-session audio
     audit = audit_fold(result.to_dict(), tmp_path / "cache")
     assert audit.clean and not audit.strict and not audit.leaks  # clean; not strict because validation is in the test session
+
+
+@pytest.mark.parametrize("norm", ["group", "layer"])
+def test_the_pooled_norm_is_calibrated_to_the_whole_utterances_evaluation_pools(small_utterances, tmp_path, norm):
+    """After calibration the running statistics are the exact mean and variance of the pooled vectors, each utterance encoded as evaluation does."""
+    from trainables.config import TinyEncoderConfig
+    from trainables.models.encoder import make_tiny_encoder
+    from trainables.models.heads import UtteranceClassifier
+    from trainables.phases.classifier import CALIBRATION_UTTERANCES, calibrate_pooled_norm, calibration_dataset
+
+    encoder = load_encoder(make_tiny_encoder(tmp_path / "enc", TinyEncoderConfig(hidden_size=16, num_layers=1, intermediate_size=32, feat_extract_norm=norm)))
+    model = UtteranceClassifier(encoder, "stats", {"emotion": 4}, head_norm="batch").eval()  # running statistics: mean 0, variance 1
+    label_index = {c: i for i, c in enumerate(CLASSES)}
+    dataset = calibration_dataset(small_utterances[:12], label_index, encoder.info.sample_rate)
+    calibrate_pooled_norm(model, dataset, 320.0, LocalRuntime())
+
+    with torch.no_grad():
+        vectors = []
+        for item in (dataset[i] for i in range(len(dataset))):
+            out = encoder(item["waveform"][None], torch.ones(1, item["waveform"].numel(), dtype=torch.long))
+            vectors.append(model.pooling(out.last_hidden, out.frame_mask))
+        vectors = torch.cat(vectors)
+    assert torch.allclose(model.norm.running_mean, vectors.mean(0), atol=1e-5)
+    assert torch.allclose(model.norm.running_var, vectors.var(0), rtol=1e-3, atol=1e-7)
+    assert not torch.allclose(model.norm.running_var, torch.ones_like(model.norm.running_var))
+    # A large training set is spread evenly over at most CALIBRATION_UTTERANCES utterances.
+    many = calibration_dataset(small_utterances * 5, label_index, encoder.info.sample_rate)
+    assert len(small_utterances) * 5 > CALIBRATION_UTTERANCES >= len(many) > CALIBRATION_UTTERANCES // 2
+    assert many.utterances[0] == small_utterances[0]

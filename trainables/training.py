@@ -189,14 +189,15 @@ def fit(
     return FitResult(best_state=copy.copy(best_state), best_metrics=best_metrics, history=history, resumed_from_epoch=resumed_from)
 
 
-def predict_logits(
-    model: nn.Module, dataset: UtteranceDataset, max_batch_seconds: float, runtime: Runtime, task: str
+def inference_outputs(
+    model: nn.Module, dataset: UtteranceDataset, max_batch_seconds: float, runtime: Runtime, forward: Callable[[nn.Module, Batch], torch.Tensor]
 ) -> tuple[list[int], torch.Tensor]:
-    """Logits of ``task`` for every item of ``dataset``, gathered from all ranks.
+    """``forward(model, batch)`` ``[B, ...]`` for every item of ``dataset``, without gradients, gathered from all ranks.
 
-    Returns dataset indices (sorted) and logits ``[N, classes]`` (float32, CPU).
-    Each rank runs every ``world_size``-th bucketed batch; no collective runs
-    inside the model, so ranks may hold different numbers of batches.
+    Returns dataset indices (sorted) and the outputs in that order (float32, CPU).
+    Each rank runs every ``world_size``-th batch of :func:`inference_batches`
+    (one utterance each for a group-norm CNN); no collective runs inside the
+    model, so ranks may hold different numbers of batches.
     """
     batches = inference_batches(dataset.durations(), max_batch_seconds, one_at_a_time=unwrap(model).encoder.info.group_norm)
     indices: list[int] = []
@@ -204,12 +205,19 @@ def predict_logits(
     for batch_indices in batches[runtime.rank :: runtime.world_size]:
         batch = collate([dataset[i] for i in batch_indices]).to(runtime.device)
         with torch.no_grad(), autocast(runtime.device):
-            logits = model(batch.waveforms, batch.attention_mask)[task]
+            output = forward(model, batch)
         indices.extend(batch_indices)
-        outputs.append(logits.float().cpu())
+        outputs.append(output.float().cpu())
     local = (indices, torch.cat(outputs) if outputs else torch.empty(0))
     gathered = runtime.all_gather(local)
     all_indices = [i for part, _ in gathered for i in part]
-    all_logits = torch.cat([logits for _, logits in gathered if logits.numel()])
+    all_outputs = torch.cat([output for _, output in gathered if output.numel()])
     order = sorted(range(len(all_indices)), key=all_indices.__getitem__)
-    return [all_indices[i] for i in order], all_logits[order]
+    return [all_indices[i] for i in order], all_outputs[order]
+
+
+def predict_logits(
+    model: nn.Module, dataset: UtteranceDataset, max_batch_seconds: float, runtime: Runtime, task: str
+) -> tuple[list[int], torch.Tensor]:
+    """Logits ``[N, classes]`` of ``task`` for every item of ``dataset`` (:func:`inference_outputs`), with the sorted dataset indices."""
+    return inference_outputs(model, dataset, max_batch_seconds, runtime, lambda net, batch: net(batch.waveforms, batch.attention_mask)[task])

@@ -71,6 +71,12 @@ class PooledNorm(nn.BatchNorm1d):
             return F.batch_norm(pooled, self.running_mean, self.running_var, training=False, eps=self.eps)
         return super().forward(pooled)
 
+    @torch.no_grad()
+    def calibrate(self, pooled: torch.Tensor) -> None:
+        """Set the running statistics to the exact mean and (unbiased) variance of ``pooled`` ``[N, H]``, N >= 2."""
+        self.running_mean.copy_(pooled.mean(dim=0))
+        self.running_var.copy_(pooled.var(dim=0))
+
 
 class LayerMix(nn.Module):
     """A learnt softmax-weighted sum of ``count`` hidden states (SUPERB's featurizer): N+1 tensors ``[B, F, H]`` -> ``[B, F, H]``.

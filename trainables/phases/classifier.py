@@ -26,9 +26,9 @@ from trainables.data.manifest import Utterance
 from trainables.metrics import classification_metrics
 from trainables.models.encoder import load_encoder
 from trainables.data.metadata import IGNORE_INDEX, metadata_task
-from trainables.models.heads import UtteranceClassifier, am_softmax_loss
+from trainables.models.heads import PooledNorm, UtteranceClassifier, am_softmax_loss
 from trainables.runtime import Runtime
-from trainables.training import FitResult, fit, make_loader, predict_logits, seed_everything
+from trainables.training import FitResult, fit, inference_outputs, make_loader, predict_logits, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,46 @@ def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
     counts = np.bincount(np.asarray(labels), minlength=num_classes).astype(float)
     weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / max(1, (counts > 0).sum()), 0.0)
     return torch.tensor(weights, dtype=torch.float32)
+
+
+#: At most this many training utterances give the pooled normalisation its statistics before each evaluation.
+CALIBRATION_UTTERANCES = 128
+
+
+def calibrate_pooled_norm(model: torch.nn.Module, dataset: UtteranceDataset, max_batch_seconds: float, runtime: Runtime) -> None:
+    """Give ``model.norm`` (``head_norm: batch``) the exact statistics of the pooled vectors evaluation will see; a no-op without it.
+
+    BatchNorm's running statistics are a moving average over training batches:
+    random crops of padded utterances through a changing encoder, starting from
+    unit variance. A small encoder's pooled vectors vary far less than that, so
+    with a few dozen updates the running variance is several times theirs and
+    evaluation normalises them to nearly one point (a classifier that predicted
+    the classes in training predicted one class in evaluation). Before each
+    evaluation the model, in evaluation mode, pools ``dataset`` (whole training
+    utterances: :func:`calibration_dataset`) as evaluation does, and the norm
+    takes their mean and variance (the "precise BN" statistics).
+    """
+    norm = getattr(model, "norm", None)
+    if not isinstance(norm, PooledNorm) or len(dataset) < 2:
+        return
+
+    def pooled_input(net, batch: Batch) -> torch.Tensor:
+        seen: list[torch.Tensor] = []
+        handle = net.norm.register_forward_pre_hook(lambda _module, inputs: seen.append(inputs[0]))
+        try:
+            net(batch.waveforms, batch.attention_mask)
+        finally:
+            handle.remove()
+        return seen[0]
+
+    _, pooled = inference_outputs(model, dataset, max_batch_seconds, runtime, pooled_input)
+    norm.calibrate(pooled.to(norm.running_mean.device))
+
+
+def calibration_dataset(train: Sequence[Utterance], label_index: dict[str, int], sample_rate: int) -> UtteranceDataset:
+    """Up to :data:`CALIBRATION_UTTERANCES` of ``train``, evenly spread, whole (no crop), for :func:`calibrate_pooled_norm`."""
+    step = max(1, -(-len(train) // CALIBRATION_UTTERANCES))
+    return UtteranceDataset(list(train)[::step], label_index, sample_rate, None, Crop.NONE)
 
 
 def evaluate_classifier(
@@ -98,7 +138,10 @@ def train_classifier(
             extra[f"{task}_accuracy"] = ((outputs[task].argmax(1) == targets) & known).sum() / known.sum().clamp(min=1)
         return loss, extra
 
+    calibration_set = calibration_dataset(train, label_index, rate)
+
     def evaluate(net):
+        calibrate_pooled_norm(net, calibration_set, cfg.eval_max_batch_seconds, runtime)
         metrics, _, _ = evaluate_classifier(net, val_set, classes, cfg, runtime)
         return {"val_ua": metrics["ua"], "val_wa": metrics["wa"], "val_macro_f1": metrics["macro_f1"]}
 
