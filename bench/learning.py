@@ -42,7 +42,8 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "learning.md"
 CANDIDATE = ["--layer", "2", "--clusters", "8", "--mask-ratio", "0.2", "--pooling", "attention"]
 #: The same measurements at earlier commits, for the comparison: 72fedf3 (the classifiers read the last layer),
-#: 090447d (a learnt mix of all layers, mean and spread pooling; a layer-norm CNN pretrained on masked frames only).
+#: 090447d (a learnt mix of all layers, mean and spread pooling; a layer-norm CNN pretrained on masked frames only),
+#: 7518d30 (the tiny encoder hears pitch: group-norm CNN, unmasked frames' loss, fixed pitch targets).
 BEFORE = {
     "72fedf3": {
         "synth": {"best": "47.6", "egemaps": "83.6", "finetune": "50.3", "tapt": "58.0", "run-fold": "63.6"},
@@ -52,6 +53,10 @@ BEFORE = {
     "090447d": {
         "synth": {"best": "61.8", "egemaps": "83.6", "finetune": "44.7", "tapt": "56.8", "run-fold": "68.0"},
         "espeak": {"best": "41.4", "egemaps": "60.6", "finetune": "37.5", "tapt": "32.3", "run-fold": "36.1"},
+    },
+    "7518d30": {
+        "synth": {"best": "62.1", "egemaps": "83.6", "finetune": "64.5", "tapt": "66.3", "run-fold": "70.3"},
+        "espeak": {"best": "40.9", "egemaps": "60.6", "finetune": "43.1", "tapt": "31.8", "run-fold": "26.5"},
     },
 }
 
