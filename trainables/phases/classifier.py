@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -84,6 +84,22 @@ def calibration_dataset(train: Sequence[Utterance], label_index: dict[str, int],
     return UtteranceDataset(list(train)[::step], label_index, sample_rate, None, Crop.NONE)
 
 
+def validation_scorer(
+    train: Sequence[Utterance], val: Sequence[Utterance], classes: Sequence[str], cfg: ClassifierConfig, runtime: Runtime, sample_rate: int
+) -> Callable[[torch.nn.Module], dict[str, float]]:
+    """A classifier phase's ``evaluate`` for :func:`~trainables.training.fit`: calibrate the pooled norm on ``train``, then val UA, WA and macro-F1."""
+    label_index = {c: i for i, c in enumerate(classes)}
+    calibration_set = calibration_dataset(train, label_index, sample_rate)
+    val_set = UtteranceDataset(val, label_index, sample_rate, None, Crop.NONE)
+
+    def evaluate(net: torch.nn.Module) -> dict[str, float]:
+        calibrate_pooled_norm(net, calibration_set, cfg.eval_max_batch_seconds, runtime)
+        metrics, _, _ = evaluate_classifier(net, val_set, classes, cfg, runtime)
+        return {"val_ua": metrics["ua"], "val_wa": metrics["wa"], "val_macro_f1": metrics["macro_f1"]}
+
+    return evaluate
+
+
 def evaluate_classifier(
     model: UtteranceClassifier, dataset: UtteranceDataset, classes: Sequence[str], cfg: ClassifierConfig, runtime: Runtime
 ) -> tuple[dict, list[int], torch.Tensor]:
@@ -116,7 +132,6 @@ def train_classifier(
     )
     rate = encoder.info.sample_rate
     train_set = UtteranceDataset(train, label_index, rate, cfg.train.max_train_seconds, Crop.RANDOM, seed=cfg.train.seed + runtime.rank, aux_tasks=aux_tasks)
-    val_set = UtteranceDataset(val, label_index, rate, None, Crop.NONE)
     weights = class_weights([label_index[u.label] for u in train], len(classes)) if cfg.class_weighting else None
     weights = None if weights is None else weights.to(runtime.device)
     loader, sampler = make_loader(train_set, cfg.train, runtime, shuffle=True)
@@ -138,13 +153,7 @@ def train_classifier(
             extra[f"{task}_accuracy"] = ((outputs[task].argmax(1) == targets) & known).sum() / known.sum().clamp(min=1)
         return loss, extra
 
-    calibration_set = calibration_dataset(train, label_index, rate)
-
-    def evaluate(net):
-        calibrate_pooled_norm(net, calibration_set, cfg.eval_max_batch_seconds, runtime)
-        metrics, _, _ = evaluate_classifier(net, val_set, classes, cfg, runtime)
-        return {"val_ua": metrics["ua"], "val_wa": metrics["wa"], "val_macro_f1": metrics["macro_f1"]}
-
+    evaluate = validation_scorer(train, val, classes, cfg, runtime, rate)
     result = fit(model, loader, sampler, loss_fn, cfg.train, runtime, evaluate=evaluate, select="val_ua")
     model.load_state_dict(result.best_state)
     return model, result

@@ -33,7 +33,7 @@ from trainables.data.transcripts import VOCAB_SIZE
 from trainables.models.encoder import load_encoder
 from trainables.models.multitask import CTC, EMOTION, MultitaskClassifier, ctc_loss
 from trainables.phases.artifacts import describe_utterances, encoder_dir, encoder_fingerprint, write_record
-from trainables.phases.classifier import calibrate_pooled_norm, calibration_dataset, class_weights, evaluate_classifier
+from trainables.phases.classifier import class_weights, evaluate_classifier, validation_scorer
 from trainables.phases.evaluation import write_evaluation
 from trainables.runtime import Runtime, training_record
 from trainables.training import fit, make_loader, seed_everything
@@ -105,7 +105,6 @@ def run_multitask(
         train, label_index, rate, cfg.train.max_train_seconds, Crop.RANDOM, seed=cfg.train.seed + runtime.rank,
         aux_tasks=tasks, transcripts=objective.transcript_weight > 0,
     )
-    val_set = UtteranceDataset(val, label_index, rate, None, Crop.NONE)
     weights = class_weights([label_index[u.label] for u in train], len(classes)).to(runtime.device) if cfg.class_weighting else None
     loader, sampler = make_loader(train_set, train_cfg, runtime, shuffle=True)
 
@@ -126,13 +125,7 @@ def run_multitask(
             extra["ctc_loss"] = transcript_loss.detach()
         return loss, extra
 
-    calibration_set = calibration_dataset(train, label_index, rate)
-
-    def evaluate(net):
-        calibrate_pooled_norm(net, calibration_set, cfg.eval_max_batch_seconds, runtime)
-        metrics, _, _ = evaluate_classifier(net, val_set, classes, cfg, runtime)
-        return {"val_ua": metrics["ua"], "val_wa": metrics["wa"], "val_macro_f1": metrics["macro_f1"]}
-
+    evaluate = validation_scorer(train, val, classes, cfg, runtime, rate)
     result = fit(model, loader, sampler, loss_fn, train_cfg, runtime, evaluate=evaluate, select="val_ua")
     model.load_state_dict(result.best_state)
     model = model.to(runtime.device).eval()
