@@ -55,6 +55,8 @@ F0_RANGE_HZ = (70.0, 400.0)
 VOICED_PEAK = 0.4
 #: A shorter lag whose autocorrelation peak is this close to the highest one is taken as the period (no octave errors down).
 OCTAVE_TOLERANCE = 0.9
+#: Noise splits a peak into bumps: the period is the highest point within this fraction of that lag.
+PEAK_WIDTH = 0.08
 #: Weights of (log energy, log F0, voicing) after standardisation: pitch weighs as much as a few MFCCs.
 PROSODY_WEIGHTS = np.array([1.0, 3.0, 1.0], dtype=np.float32)
 
@@ -112,8 +114,7 @@ def prosody_features(waveform: torch.Tensor, info: EncoderInfo) -> np.ndarray:
     best = np.where(local_max, centre, -np.inf).max(axis=1, keepdims=True)
     # Every multiple of the period peaks too: the shortest lag within OCTAVE_TOLERANCE of the best is the period.
     candidate = np.argmax(local_max & (centre >= OCTAVE_TOLERANCE * best), axis=1)
-    # Noise splits a peak into bumps: the period is the highest point within 8 % of the candidate's lag.
-    near = np.abs(np.arange(centre.shape[1])[None] - candidate[:, None]) <= 0.08 * (candidate + shortest)[:, None]
+    near = np.abs(np.arange(centre.shape[1])[None] - candidate[:, None]) <= PEAK_WIDTH * (candidate + shortest)[:, None]
     lag = shortest + np.argmax(np.where(near, centre, -np.inf), axis=1)
     peak = np.clip(autocorrelation[np.arange(frames), lag], 0.0, 1.0)
     log_f0 = np.where(peak > VOICED_PEAK, np.log(rate / lag), 0.0)
