@@ -12,7 +12,10 @@ Two measurements of an encoder before any fine-tuning, on a prepared manifest:
   the encoder represents pitch and energy at all, frame by frame.
 
 ``--egemaps`` adds eGeMAPSv02 functionals through the same logistic
-regression and folds, the baseline to compare with.
+regression and folds, the baseline to compare with, also split into its
+loudness functionals, its F0 functionals and the rest.
+``--loudness`` adds the utterance's loudness level (``UtteranceLoudness``, what
+a classifier with ``loudness: true`` appends), alone and beside each layer.
 
 Run: ``.venv/bin/python bench/encoder_probe.py MANIFEST ENCODER [--folds 1 2] [--egemaps]``
 (seconds to a minute for the tiny encoder on a few hundred utterances).
@@ -32,11 +35,12 @@ PROBE_C = 0.1
 
 @dataclass
 class Encoded:
-    """A manifest's utterances through a frozen encoder: per utterance, hidden states ``[layers+1][F, H]`` and prosodic features ``[F, 3]``."""
+    """A manifest's utterances through a frozen encoder: per utterance, hidden states ``[layers+1][F, H]``, prosodic features ``[F, 3]`` and loudness ``[2]``."""
 
     utterances: list
     states: list[list[np.ndarray]]
     prosody: list[np.ndarray]
+    loudness: np.ndarray
 
 
 def encode(manifest: Path, encoder: Path) -> Encoded:
@@ -46,18 +50,22 @@ def encode(manifest: Path, encoder: Path) -> Encoded:
     from trainables.data.audio import load_waveform
     from trainables.data.manifest import read_manifest
     from trainables.models.encoder import load_encoder
+    from trainables.models.loudness import UtteranceLoudness
     from trainables.phases.acoustic_pretrain import prosody_features
 
     utterances = read_manifest(manifest)
     model = load_encoder(encoder).eval()
-    states, prosody = [], []
+    level = UtteranceLoudness(model.info)
+    states, prosody, loudness = [], [], []
     with torch.no_grad():
         for u in utterances:
             waveform = load_waveform(u.path, model.info.sample_rate)
-            out = model(waveform[None], torch.ones(1, waveform.numel(), dtype=torch.long), output_hidden_states=True)
+            mask = torch.ones(1, waveform.numel(), dtype=torch.long)
+            out = model(waveform[None], mask, output_hidden_states=True)
             states.append([h[0].numpy() for h in out.hidden_states])
             prosody.append(prosody_features(waveform, model.info))
-    return Encoded(utterances, states, prosody)
+            loudness.append(level(waveform[None], mask)[0].numpy())
+    return Encoded(utterances, states, prosody, np.stack(loudness))
 
 
 def session_uas(features: np.ndarray, utterances, folds: list[int] | None) -> dict[int, float]:
@@ -80,12 +88,17 @@ def session_uas(features: np.ndarray, utterances, folds: list[int] | None) -> di
     return scores
 
 
-def probe(encoded: Encoded, folds: list[int] | None) -> dict[int, float]:
-    """Mean test UA over ``folds`` of the probe on each layer's mean+std pooled frames: ``{layer: UA}``."""
+def probe(encoded: Encoded, folds: list[int] | None, loudness: bool = False) -> dict[int, float]:
+    """Mean test UA over ``folds`` of the probe on each layer's mean+std pooled frames (and the loudness level): ``{layer: UA}``."""
+    extra = [encoded.loudness] if loudness else []
     return {
-        layer: float(np.mean(list(session_uas(np.stack([np.concatenate([s[layer].mean(0), s[layer].std(0)]) for s in encoded.states]), encoded.utterances, folds).values())))
+        layer: mean_ua(np.hstack([np.stack([np.concatenate([s[layer].mean(0), s[layer].std(0)]) for s in encoded.states]), *extra]), encoded.utterances, folds)
         for layer in range(len(encoded.states[0]))
     }
+
+
+def mean_ua(features: np.ndarray, utterances, folds: list[int] | None) -> float:
+    return float(np.mean(list(session_uas(features, utterances, folds).values())))
 
 
 def prosody_r2(encoded: Encoded, held_out: float = 1 / 3) -> dict[int, dict[str, float]]:
@@ -108,18 +121,23 @@ def prosody_r2(encoded: Encoded, held_out: float = 1 / 3) -> dict[int, dict[str,
     return results
 
 
-def egemaps_uas(manifest: Path, folds: list[int] | None) -> dict[int, float]:
-    """The probe's logistic regression on the eGeMAPS baseline's own features (``run_egemaps_features``), per held-out session."""
+def egemaps_uas(manifest: Path, folds: list[int] | None) -> dict[str, float]:
+    """Mean test UA of the probe's logistic regression on the eGeMAPS baseline's own features (``run_egemaps_features``): all, and per group."""
+    import json
     import tempfile
 
     from trainables.data.manifest import read_manifest
-    from trainables.phases.egemaps import FEATURES_FILE, run_egemaps_features
+    from trainables.phases.egemaps import FEATURES_FILE, INDEX_FILE, run_egemaps_features
 
     utterances = read_manifest(manifest)
     with tempfile.TemporaryDirectory(prefix="ser-egemaps-") as tmp:
         run_egemaps_features(utterances, Path(tmp) / "features")
         features = np.load(Path(tmp) / "features" / FEATURES_FILE)  # one row per utterance, in manifest order
-    return session_uas(features, utterances, folds)
+        names = json.loads((Path(tmp) / "features" / INDEX_FILE).read_text())["features"]
+    loudness = np.array(["loudness" in name for name in names])
+    pitch = np.array([name.startswith("F0") for name in names])
+    groups = {"all": np.ones_like(loudness), "loudness": loudness, "F0": pitch, "the rest": ~loudness & ~pitch}
+    return {group: mean_ua(features[:, columns], utterances, folds) for group, columns in groups.items()}
 
 
 def main() -> None:
@@ -127,16 +145,22 @@ def main() -> None:
     parser.add_argument("manifest", type=Path, help="a manifest from `ser-study prepare`")
     parser.add_argument("encoder", type=Path, help="an encoder directory (e.g. from `ser-study tiny-encoder --pretrain-on`)")
     parser.add_argument("--folds", type=int, nargs="+", help="held-out sessions (default: every session)")
-    parser.add_argument("--egemaps", action="store_true", help="also eGeMAPS functionals through the same probe")
+    parser.add_argument("--egemaps", action="store_true", help="also eGeMAPS functionals through the same probe (all, and per group)")
+    parser.add_argument("--loudness", action="store_true", help="also the utterance's loudness level, alone and beside each layer")
     args = parser.parse_args()
     encoded = encode(args.manifest, args.encoder)
     uas, r2 = probe(encoded, args.folds), prosody_r2(encoded)
-    print(f"| layer | probe test UA % (folds {args.folds or 'all'}) | R^2 log energy | R^2 log F0 | R^2 voicing |")
-    print("| --- | --- | --- | --- | --- |")
+    with_loudness = probe(encoded, args.folds, loudness=True) if args.loudness else {}
+    print(f"| layer | probe test UA % (folds {args.folds or 'all'}) | with loudness | R^2 log energy | R^2 log F0 | R^2 voicing |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for layer, ua in uas.items():
-        print(f"| {layer} | {100 * ua:.1f} | " + " | ".join(f"{r2[layer][name]:.2f}" for name in ("log energy", "log F0", "voicing")) + " |")
+        beside = f"{100 * with_loudness[layer]:.1f}" if with_loudness else ""
+        print(f"| {layer} | {100 * ua:.1f} | {beside} | " + " | ".join(f"{r2[layer][name]:.2f}" for name in ("log energy", "log F0", "voicing")) + " |")
+    if args.loudness:
+        print(f"| loudness alone | {100 * mean_ua(encoded.loudness, encoded.utterances, args.folds):.1f} | | | | |")
     if args.egemaps:
-        print(f"| eGeMAPS | {100 * float(np.mean(list(egemaps_uas(args.manifest, args.folds).values()))):.1f} | | | |")
+        for group, ua in egemaps_uas(args.manifest, args.folds).items():
+            print(f"| eGeMAPS, {group} | {100 * ua:.1f} | | | | |")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -119,16 +121,51 @@ def test_classifier_reads_the_layers_and_pooling_it_is_given(tiny_encoder, layer
         UtteranceClassifier(load_encoder(tiny_encoder), pooling, {"emotion": 4}, layers="first")
 
 
-@pytest.mark.parametrize(("layers", "pooling", "head_norm"), [("weighted", "stats", "batch"), ("last", "attention", "none")])
-def test_saved_and_exported_classifiers_score_as_the_trained_one(tiny_encoder, tmp_path, layers, pooling, head_norm):
+@pytest.mark.parametrize("norm", ["group", "layer"])
+def test_the_encoder_cannot_hear_loudness_and_the_classifier_reads_it_beside(tmp_path, norm):
+    """A HuBERT-style CNN makes the frames gain-invariant; UtteranceLoudness gives the level on the encoder's frame grid, padding-free."""
+    from trainables.config import TinyEncoderConfig
+    from trainables.models.encoder import make_tiny_encoder
+    from trainables.models.loudness import UtteranceLoudness
+
+    encoder = load_encoder(make_tiny_encoder(tmp_path / "enc", TinyEncoderConfig(hidden_size=16, num_layers=1, intermediate_size=32, feat_extract_norm=norm))).eval()
+    torch.manual_seed(0)
+    quiet = 0.2 * torch.randn(1, 9000)
+    loud = 8 * quiet
+    mask = torch.ones(1, 9000, dtype=torch.long)
+    with torch.no_grad():
+        # The frames barely move for a gain of 8 (only the norms' epsilon sees it): the encoder cannot hear loudness.
+        assert torch.allclose(encoder(quiet, mask).last_hidden, encoder(loud, mask).last_hidden, atol=2e-2)
+    loudness = UtteranceLoudness(encoder.info)
+    level = loudness(quiet, mask)
+    assert torch.allclose(loudness(loud, mask), level + torch.tensor([2 * math.log(8), 0.0]), atol=1e-4)
+    frames = quiet[0, : encoder.info.receptive_field + (encoder.info.frame_count(9000) - 1) * encoder.info.total_stride]
+    energy = torch.log(frames.unfold(0, encoder.info.receptive_field, encoder.info.total_stride).pow(2).mean(-1) + 1e-8)
+    assert energy.numel() == encoder.info.frame_count(9000)
+    assert torch.allclose(level[0], torch.stack([energy.mean(), energy.std(unbiased=False)]), atol=1e-4)
+    # Padded beside a longer utterance, the same samples give the same level.
+    padded = torch.cat([quiet, torch.zeros(1, 4000)], dim=1)
+    batch_mask = torch.cat([torch.cat([mask, torch.zeros(1, 4000, dtype=torch.long)], dim=1), torch.ones(1, 13000, dtype=torch.long)])
+    assert torch.allclose(loudness(torch.cat([padded, torch.randn(1, 13000)]), batch_mask)[0], level[0], atol=1e-5)
+    # A classifier with loudness tells the two apart through its two extra, standardised inputs.
+    model = UtteranceClassifier(encoder, "average", {"emotion": 4}, head_norm="batch", loudness=True).eval()
+    with torch.no_grad():
+        pooled_quiet, pooled_loud = model.pooled(quiet, mask), model.pooled(loud, mask)
+    assert pooled_quiet.shape == (1, 16 + 2) and model.heads["emotion"].in_features == 18
+    assert torch.allclose(pooled_quiet[:, :16], pooled_loud[:, :16], atol=2e-2)
+    assert (pooled_loud[0, 16] - pooled_quiet[0, 16]).item() == pytest.approx(2 * math.log(8), rel=1e-3)  # running variance 1 before calibration
+
+
+@pytest.mark.parametrize(("layers", "pooling", "head_norm", "loudness"), [("weighted", "stats", "batch", False), ("last", "attention", "none", False), ("weighted", "average", "batch", True), ("last", "stats", "none", True)])
+def test_saved_and_exported_classifiers_score_as_the_trained_one(tiny_encoder, tmp_path, layers, pooling, head_norm, loudness):
     from study.export.hf import to_huggingface
     from trainables.phases.classifier import load_classifier, save_classifier
 
     torch.manual_seed(0)
-    model = UtteranceClassifier(load_encoder(tiny_encoder), pooling, {"emotion": 4}, head_norm=head_norm, layers=layers)
+    model = UtteranceClassifier(load_encoder(tiny_encoder), pooling, {"emotion": 4}, head_norm=head_norm, layers=layers, loudness=loudness)
     model.train()
     for _ in range(3):  # running statistics and layer weights away from their initial values
-        model(torch.randn(4, 8000), torch.ones(4, 8000, dtype=torch.long))["emotion"].sum().backward()
+        model(torch.randn(4, 8000) * torch.tensor([[0.1], [0.5], [1.0], [2.0]]), torch.ones(4, 8000, dtype=torch.long))["emotion"].sum().backward()
         with torch.no_grad():
             for parameter in model.parameters():
                 if parameter.grad is not None:
@@ -142,7 +179,7 @@ def test_saved_and_exported_classifiers_score_as_the_trained_one(tiny_encoder, t
         expected = model(waveform, mask)["emotion"]
         assert loaded_classes == classes and torch.allclose(loaded(waveform, mask)["emotion"], expected, atol=1e-5)
         exported = to_huggingface(model, classes)
-        assert exported.config.layers == layers and exported.config.pooling == pooling
+        assert exported.config.layers == layers and exported.config.pooling == pooling and exported.config.loudness == loudness
         assert torch.allclose(exported(waveform, mask).logits, expected, atol=1e-4)
 
 

@@ -104,6 +104,9 @@ class ClassifierConfig:
     head_norm: Literal["none", "batch"] = "none"
     #: Which encoder layers the pooling reads: "last", or "weighted": a learnt softmax-weighted sum of all (SUPERB's SER head).
     layers: ClassifierLayers = "last"
+    #: Append the utterance's loudness level (mean and spread of its frames' log energy, from the raw samples) to the
+    #: pooled vector: a HuBERT-style encoder's normalised CNN cannot hear it (trainables.models.loudness).
+    loudness: bool = False
 
     def __post_init__(self) -> None:
         _check(
@@ -356,18 +359,20 @@ def smoke_settings(epochs: int = 8) -> PhaseSettings:
     encoder's pooled frames far more than its classes differ. The classifiers
     read a learnt mix of all layers (``layers: weighted``): a tiny encoder's
     emotion is not in its last layer more than in its first (``bench/encoder_probe.py``),
-    and TAPT pools the mean and spread of the frames (``stats``). Short batches
-    keep a 2-core CPU busy without swapping.
+    and TAPT pools the mean and spread of the frames (``stats``). Both read the
+    utterance's loudness level beside the pooled frames (``loudness``), which the
+    encoder's normalised CNN cannot hear. Short batches keep a 2-core CPU busy
+    without swapping.
     """
     train = TrainConfig(epochs=epochs, lr=1e-3, head_lr=3e-3, max_batch_seconds=40.0, max_train_seconds=6.0, warmup_fraction=0.1)
     classify = replace(train, head_lr=3e-2)
     return PhaseSettings(
-        tapt=TaptConfig(train=classify, spec_augment=0.0, head_norm="batch", layers="weighted", pooling="stats", pretrain="none", pretrain_layer=2,
+        tapt=TaptConfig(train=classify, spec_augment=0.0, head_norm="batch", layers="weighted", loudness=True, pooling="stats", pretrain="none", pretrain_layer=2,
                         pretrain_clusters=50, pretrain_cpt=CptConfig(train=train)),
         embed_max_batch_seconds=80.0,
         kmeans=KMeansSettings(max_fit_frames=50_000, n_init=2),
         cpt=CptConfig(train=train),
-        finetune=ClassifierConfig(train=classify, spec_augment=0.0, head_norm="batch", layers="weighted"),
+        finetune=ClassifierConfig(train=classify, spec_augment=0.0, head_norm="batch", layers="weighted", loudness=True),
     )
 
 

@@ -51,6 +51,11 @@ class Exported:
 
 def to_huggingface(model: UtteranceClassifier, classes: list[str]) -> SerStudyForAudioClassification:
     """The same classifier as a :class:`SerStudyForAudioClassification` (eval mode), weights copied exactly."""
+    if model.loudness is not None and model.encoder.info.normalize:
+        raise UserError(
+            "this classifier reads the utterance's loudness, and its encoder's feature extractor normalises every waveform, so the exported "
+            "model would see no loudness; score audio with `ser-study predict` instead, or train with loudness: false"
+        )
     encoder_config = model.encoder.model.config.to_dict()
     config = SerStudyConfig(
         encoder=encoder_config,
@@ -59,6 +64,7 @@ def to_huggingface(model: UtteranceClassifier, classes: list[str]) -> SerStudyFo
         head_norm=model.head_norm,
         cosine_scale=model.cosine_scale,
         layers=model.layers,
+        loudness=model.loudness is not None,
         id2label=dict(enumerate(classes)),
         label2id={c: i for i, c in enumerate(classes)},
     )
@@ -69,6 +75,8 @@ def to_huggingface(model: UtteranceClassifier, classes: list[str]) -> SerStudyFo
         state["layer_mix.logits"] = model.layer_mix.logits.detach()
     state.update({f"pooling.{k}": v for k, v in model.pooling.state_dict().items()})
     state.update({f"norm.{k}": v for k, v in model.norm.state_dict().items()})
+    if model.loudness_norm is not None:
+        state.update({f"loudness_norm.{k}": v for k, v in model.loudness_norm.state_dict().items()})
     state.update({f"classifier.{k}": v for k, v in model.heads[EMOTION_TASK].state_dict().items()})
     wanted = set(hf.state_dict())
     # The mask embedding is a training-only parameter that HF drops when the saved config masks nothing.

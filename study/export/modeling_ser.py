@@ -25,6 +25,7 @@ POOLINGS = ("attention", "average", "stats")
 LAYERS = ("last", "weighted")
 HEADS = ("linear", "cosine")
 HEAD_NORMS = ("none", "batch")
+LOUDNESS_FEATURES = 2
 
 
 class SerStudyConfig(PretrainedConfig):
@@ -35,13 +36,17 @@ class SerStudyConfig(PretrainedConfig):
     (soft attention over valid frames), ``average``, or ``stats`` (mean and
     standard deviation, ``[B, 2H]``); head: ``linear``, or ``cosine`` (``cosine_scale`` times the cosine to each
     class direction, AM-Softmax's head); head_norm: ``batch`` standardises the
-    pooled vector with running statistics (BatchNorm without scale or shift).
+    pooled vector with running statistics (BatchNorm without scale or shift);
+    loudness: the mean and standard deviation of the log energy of the
+    encoder's frames, read from ``input_values`` (which must then be raw
+    samples, not normalised), standardised the same way and appended to the
+    pooled vector.
     """
 
     model_type = "ser-study-classifier"
 
     def __init__(self, encoder: dict | None = None, pooling: str = "attention", head: str = "linear", head_norm: str = "none", cosine_scale: float = 30.0,
-                 layers: str = "last", **kwargs):
+                 layers: str = "last", loudness: bool = False, **kwargs):
         super().__init__(**kwargs)
         if pooling not in POOLINGS or head not in HEADS or head_norm not in HEAD_NORMS or layers not in LAYERS:
             raise ValueError(
@@ -54,6 +59,7 @@ class SerStudyConfig(PretrainedConfig):
         self.head_norm = head_norm
         self.cosine_scale = float(cosine_scale)
         self.layers = layers
+        self.loudness = bool(loudness)
 
     def encoder_config(self) -> PretrainedConfig:
         values = dict(self.encoder)
@@ -75,6 +81,8 @@ class SerStudyForAudioClassification(PreTrainedModel):
         self.pooling = nn.ModuleDict({"score": nn.Linear(hidden, 1)}) if config.pooling == "attention" else nn.ModuleDict()
         width = 2 * hidden if config.pooling == "stats" else hidden
         self.norm = nn.BatchNorm1d(width, affine=False) if config.head_norm == "batch" else nn.Identity()
+        self.loudness_norm = nn.BatchNorm1d(LOUDNESS_FEATURES, affine=False) if config.loudness else None
+        width += LOUDNESS_FEATURES if config.loudness else 0
         if config.head == "cosine":
             self.classifier = nn.ParameterDict({"weight": nn.Parameter(torch.zeros(config.num_labels, width))})
         else:
@@ -107,6 +115,23 @@ class SerStudyForAudioClassification(PreTrainedModel):
         weights = torch.nan_to_num(torch.softmax(energy, dim=1), nan=0.0)
         return torch.einsum("bf,bfh->bh", weights.to(hidden.dtype), hidden)
 
+    def loudness(self, input_values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``[B, T]`` raw samples -> ``[B, 2]``: mean and standard deviation of each encoder frame's log mean square over the valid frames."""
+        encoder_config = self.encoder.config
+        window, hop = 1, 1
+        for kernel, stride in zip(reversed(encoder_config.conv_kernel), reversed(encoder_config.conv_stride)):
+            window, hop = (window - 1) * stride + kernel, hop * stride
+        samples = input_values.float() * attention_mask.float()
+        if samples.shape[1] < window:
+            samples = F.pad(samples, (0, window - samples.shape[1]))
+        energy = torch.log(samples.unfold(1, window, hop).pow(2).mean(dim=-1) + 1e-8)
+        mask = self.frame_mask(attention_mask, energy.shape[1]).float()
+        mask[:, 0] = 1.0  # an utterance shorter than one frame still has its one padded frame
+        count = mask.sum(dim=1)
+        mean = (energy * mask).sum(dim=1) / count
+        spread = (((energy - mean[:, None]) * mask) ** 2).sum(dim=1) / count
+        return torch.stack([mean, torch.sqrt(spread + 1e-6)], dim=-1)
+
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None, **kwargs) -> SequenceClassifierOutput:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_values, dtype=torch.long)
@@ -117,6 +142,8 @@ class SerStudyForAudioClassification(PreTrainedModel):
             weights = torch.softmax(self.layer_mix["logits"], dim=0).to(hidden.dtype)
             hidden = torch.einsum("l,lbfh->bfh", weights, torch.stack(out.hidden_states))
         pooled = self.norm(self.pool(hidden, self.frame_mask(attention_mask, hidden.shape[1])).float())
+        if self.loudness_norm is not None:
+            pooled = torch.cat([pooled, self.loudness_norm(self.loudness(input_values, attention_mask))], dim=-1)
         if self.config.head == "cosine":
             logits = self.config.cosine_scale * F.normalize(pooled, dim=-1) @ F.normalize(self.classifier["weight"].float(), dim=-1).T
         else:

@@ -15,6 +15,7 @@ from torch import nn
 
 from trainables.models.encoder import SpeechEncoder
 from trainables.config import CLASSIFIER_LAYERS
+from trainables.models.loudness import LOUDNESS_FEATURES, UtteranceLoudness
 from trainables.models.pooling import make_pooling, pooled_size
 
 FRAME_HEADS = ("cosine", "linear")
@@ -104,6 +105,9 @@ class UtteranceClassifier(nn.Module):
     evaluation), as x-vector and ECAPA heads do: pooled frames of a small
     encoder vary little between utterances next to their mean, and a linear
     head needs many updates to find those small differences unscaled.
+    ``loudness`` appends the utterance's loudness level (:class:`UtteranceLoudness`,
+    ``[B, 2]``, always standardised over the batch: log energy has an arbitrary
+    offset), which the encoder cannot hear, to the pooled vector.
     ``forward`` returns ``{task: logits [B, classes]}``.
     """
 
@@ -117,6 +121,7 @@ class UtteranceClassifier(nn.Module):
         head_kinds: Mapping[str, str] | None = None,
         cosine_scale: float = 30.0,
         layers: str = "last",
+        loudness: bool = False,
     ):
         super().__init__()
         if head_norm not in HEAD_NORMS:
@@ -136,16 +141,22 @@ class UtteranceClassifier(nn.Module):
         self.pooling = make_pooling(pooling, encoder.hidden_size)
         width = pooled_size(pooling, encoder.hidden_size)
         self.norm = PooledNorm(width) if head_norm == "batch" else nn.Identity()
+        self.loudness = UtteranceLoudness(encoder.info) if loudness else None
+        self.loudness_norm = PooledNorm(LOUDNESS_FEATURES) if loudness else None
+        width += LOUDNESS_FEATURES if loudness else 0
         self.dropout = nn.Dropout(dropout)
         self.heads = nn.ModuleDict(
             {task: CosineClassHead(width, n, cosine_scale) if self.head_kinds[task] == "cosine" else nn.Linear(width, n) for task, n in tasks.items()}
         )
 
     def pooled(self, waveforms: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The utterance vectors ``[B, D]`` the heads read (after pooling and the head's normalisation; D is 2H for ``stats``)."""
+        """The utterance vectors ``[B, D]`` the heads read (after pooling and the head's normalisation; D is 2H for ``stats``, 2 more with ``loudness``)."""
         out = self.encoder(waveforms, attention_mask, output_hidden_states=self.layer_mix is not None)
         frames = out.last_hidden if self.layer_mix is None else self.layer_mix(out.hidden_states)
-        return self.norm(self.pooling(frames, out.frame_mask).float())
+        pooled = self.norm(self.pooling(frames, out.frame_mask).float())
+        if self.loudness is None:
+            return pooled
+        return torch.cat([pooled, self.loudness_norm(self.loudness(waveforms, attention_mask))], dim=-1)
 
     def forward(self, waveforms: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         pooled = self.dropout(self.pooled(waveforms, attention_mask))

@@ -30,6 +30,7 @@ from torch import nn
 
 from trainables.models.encoder import SpeechEncoder
 from trainables.models.heads import LayerMix, PooledNorm
+from trainables.models.loudness import LOUDNESS_FEATURES, UtteranceLoudness
 from trainables.models.pooling import make_pooling, pooled_size
 
 EMOTION = "emotion"
@@ -101,6 +102,7 @@ class MultitaskClassifier(nn.Module):
         dropout: float = 0.1,
         head_norm: str = "none",
         layers: str = "last",
+        loudness: bool = False,
     ):
         super().__init__()
         if integration not in INTEGRATIONS:
@@ -122,8 +124,10 @@ class MultitaskClassifier(nn.Module):
         self.pooling = make_pooling(pooling, width)
         pooled = pooled_size(pooling, width)
         self.norm = PooledNorm(pooled) if head_norm == "batch" else nn.Identity()
+        self.loudness = UtteranceLoudness(encoder.info) if loudness else None
+        self.loudness_norm = PooledNorm(LOUDNESS_FEATURES) if loudness else None
         self.dropout = nn.Dropout(dropout)
-        self.heads = nn.ModuleDict({EMOTION: nn.Linear(pooled, num_classes), **{task: nn.Linear(hidden, n) for task, n in tasks.items()}})
+        self.heads = nn.ModuleDict({EMOTION: nn.Linear(pooled + (LOUDNESS_FEATURES if loudness else 0), num_classes), **{task: nn.Linear(hidden, n) for task, n in tasks.items()}})
         self.task_pooling = nn.ModuleDict({task: make_pooling("average", hidden) for task in tasks})
         self.ctc_head = nn.Linear(hidden, ctc_vocab) if ctc_vocab else None
 
@@ -141,6 +145,8 @@ class MultitaskClassifier(nn.Module):
         if self.coattention is not None:
             ser = torch.cat([ser, *(self.coattention[name](ser, views[name], mask) for name in self.coattention)], dim=-1)
         pooled = self.norm(self.pooling(ser, mask).float())
+        if self.loudness is not None:
+            pooled = torch.cat([pooled, self.loudness_norm(self.loudness(waveforms, attention_mask))], dim=-1)
         outputs[EMOTION] = self.heads[EMOTION](self.dropout(pooled))
         outputs["frame_mask"] = mask
         return outputs

@@ -49,7 +49,7 @@ CALIBRATION_UTTERANCES = 128
 
 
 def calibrate_pooled_norm(model: torch.nn.Module, dataset: UtteranceDataset, max_batch_seconds: float, runtime: Runtime) -> None:
-    """Give ``model.norm`` (``head_norm: batch``) the exact statistics of the pooled vectors evaluation will see; a no-op without it.
+    """Give every :class:`PooledNorm` of ``model`` (``head_norm: batch``, ``loudness``) the exact statistics of what evaluation will feed it; a no-op without one.
 
     BatchNorm's running statistics are a moving average over training batches:
     random crops of padded utterances through a changing encoder, starting from
@@ -58,24 +58,26 @@ def calibrate_pooled_norm(model: torch.nn.Module, dataset: UtteranceDataset, max
     evaluation normalises them to nearly one point (a classifier that predicted
     the classes in training predicted one class in evaluation). Before each
     evaluation the model, in evaluation mode, pools ``dataset`` (whole training
-    utterances: :func:`calibration_dataset`) as evaluation does, and the norm
-    takes their mean and variance (the "precise BN" statistics).
+    utterances: :func:`calibration_dataset`) as evaluation does, and each norm
+    takes the mean and variance of its inputs (the "precise BN" statistics).
     """
-    norm = getattr(model, "norm", None)
-    if not isinstance(norm, PooledNorm) or len(dataset) < 2:
+    norms = [module for module in model.modules() if isinstance(module, PooledNorm)]
+    if not norms or len(dataset) < 2:
         return
 
-    def pooled_input(net, batch: Batch) -> torch.Tensor:
-        seen: list[torch.Tensor] = []
-        handle = net.norm.register_forward_pre_hook(lambda _module, inputs: seen.append(inputs[0]))
+    def norm_inputs(net, batch: Batch) -> torch.Tensor:
+        seen: dict[int, torch.Tensor] = {}
+        handles = [norm.register_forward_pre_hook(lambda _module, inputs, i=i: seen.setdefault(i, inputs[0])) for i, norm in enumerate(norms)]
         try:
             net(batch.waveforms, batch.attention_mask)
         finally:
-            handle.remove()
-        return seen[0]
+            for handle in handles:
+                handle.remove()
+        return torch.cat([seen[i].float() for i in range(len(norms))], dim=-1)
 
-    _, pooled = inference_outputs(model, dataset, max_batch_seconds, runtime, pooled_input)
-    norm.calibrate(pooled.to(norm.running_mean.device))
+    _, inputs = inference_outputs(model, dataset, max_batch_seconds, runtime, norm_inputs)
+    for norm, part in zip(norms, inputs.split([norm.num_features for norm in norms], dim=-1)):
+        norm.calibrate(part.to(norm.running_mean.device))
 
 
 def calibration_dataset(train: Sequence[Utterance], label_index: dict[str, int], sample_rate: int) -> UtteranceDataset:
@@ -127,7 +129,7 @@ def train_classifier(
     aux_tasks = [metadata_task(name) for name in objective.aux]
     model = UtteranceClassifier(
         encoder, pooling, {EMOTION_TASK: len(classes), **{task.name: len(task.classes) for task in aux_tasks}},
-        dropout=cfg.dropout, head_norm=cfg.head_norm, layers=cfg.layers,
+        dropout=cfg.dropout, head_norm=cfg.head_norm, layers=cfg.layers, loudness=cfg.loudness,
         head_kinds={EMOTION_TASK: "cosine" if objective.emotion_head == "am_softmax" else "linear"}, cosine_scale=objective.am_scale,
     )
     rate = encoder.info.sample_rate
@@ -167,6 +169,7 @@ def save_classifier(model: UtteranceClassifier, classes: Sequence[str], director
     description = {
         "pooling": model.pooling_name, "head_norm": model.head_norm, "layers": model.layers, "classes": list(classes),
         "tasks": {t: h.out_features for t, h in model.heads.items()}, "head_kinds": model.head_kinds, "cosine_scale": model.cosine_scale,
+        "loudness": model.loudness is not None,
     }
     (directory / CLASSIFIER_FILE).write_text(json.dumps(description, indent=2))
 
@@ -178,6 +181,7 @@ def load_classifier(directory: Path) -> tuple[UtteranceClassifier, list[str]]:
     model = UtteranceClassifier(
         encoder, description["pooling"], description["tasks"], head_norm=description.get("head_norm", "none"),
         head_kinds=description.get("head_kinds"), cosine_scale=description.get("cosine_scale", 30.0), layers=description.get("layers", "last"),
+        loudness=description.get("loudness", False),
     )
     missing, unexpected = model.load_state_dict(load_file(str(directory / HEADS_FILE)), strict=False)
     if unexpected or any(not k.startswith("encoder.") for k in missing):
