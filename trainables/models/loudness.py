@@ -1,9 +1,10 @@
 """The utterance's loudness level, read from its raw samples beside the encoder.
 
-A HuBERT-style encoder cannot hear how loud an utterance is: its CNN has no
-bias and normalises what its first layer sees (group norm: each channel over
-the whole utterance, HuBERT-base; layer norm: each frame over its channels),
-so scaling the waveform by any gain gives the same frames. Loudness is one of
+A HuBERT-style encoder cannot hear how loud an utterance is: its CNN
+normalises what its first layer sees (group norm: each channel over the whole
+utterance, HuBERT-base; layer norm: each frame over its channels), and
+HuBERT-base's convolutions have no bias, so scaling the waveform by any gain
+gives the same frames. Loudness is one of
 the strongest cues of arousal (eGeMAPS keeps 11 loudness functionals). A
 classifier with ``loudness`` reads it here, from the samples themselves,
 frame by frame on the encoder's own grid, and appends it to its pooled vector.
