@@ -324,13 +324,13 @@ def test_the_pooled_norm_is_calibrated_to_the_whole_utterances_evaluation_pools(
             mask = torch.ones(1, item["waveform"].numel(), dtype=torch.long)
             out = encoder(item["waveform"][None], mask)
             vectors.append(model.pooling(out.last_hidden, out.frame_mask))
-            levels.append(model.loudness(item["waveform"][None], mask))
+            levels.append(model.loudness.level(item["waveform"][None], mask))
         vectors, levels = torch.cat(vectors), torch.cat(levels)
     assert torch.allclose(model.norm.running_mean, vectors.mean(0), atol=1e-5)
     assert torch.allclose(model.norm.running_var, vectors.var(0), rtol=1e-3, atol=1e-7)
     # The loudness inputs have a norm of their own, calibrated the same way.
-    assert torch.allclose(model.loudness_norm.running_mean, levels.mean(0), atol=1e-4)
-    assert torch.allclose(model.loudness_norm.running_var, levels.var(0), rtol=1e-3)
+    assert torch.allclose(model.loudness.norm.running_mean, levels.mean(0), atol=1e-4)
+    assert torch.allclose(model.loudness.norm.running_var, levels.var(0), rtol=1e-3)
     assert not torch.allclose(model.norm.running_var, torch.ones_like(model.norm.running_var))
     # A large training set is spread evenly over at most CALIBRATION_UTTERANCES utterances.
     many = calibration_dataset(small_utterances * 5, label_index, encoder.info.sample_rate)

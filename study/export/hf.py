@@ -75,8 +75,8 @@ def to_huggingface(model: UtteranceClassifier, classes: list[str]) -> SerStudyFo
         state["layer_mix.logits"] = model.layer_mix.logits.detach()
     state.update({f"pooling.{k}": v for k, v in model.pooling.state_dict().items()})
     state.update({f"norm.{k}": v for k, v in model.norm.state_dict().items()})
-    if model.loudness_norm is not None:
-        state.update({f"loudness_norm.{k}": v for k, v in model.loudness_norm.state_dict().items()})
+    if model.loudness is not None:
+        state.update({f"loudness_norm.{k}": v for k, v in model.loudness.norm.state_dict().items()})
     state.update({f"classifier.{k}": v for k, v in model.heads[EMOTION_TASK].state_dict().items()})
     wanted = set(hf.state_dict())
     # The mask embedding is a training-only parameter that HF drops when the saved config masks nothing.

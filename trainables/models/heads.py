@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.models.encoder import SpeechEncoder
+from trainables.models.encoder import EncoderInfo, SpeechEncoder
 from trainables.config import CLASSIFIER_LAYERS
 from trainables.models.loudness import LOUDNESS_FEATURES, UtteranceLoudness
 from trainables.models.pooling import make_pooling, pooled_size
@@ -79,6 +79,24 @@ class PooledNorm(nn.BatchNorm1d):
         self.running_var.copy_(pooled.var(dim=0))
 
 
+class StandardisedLoudness(nn.Module):
+    """The utterance's loudness level (:class:`UtteranceLoudness`) standardised by a :class:`PooledNorm` of its own (log energy has an arbitrary offset).
+
+    waveforms ``[B, T]``, attention_mask ``[B, T]`` -> ``[B, 2]``: what a
+    classifier with ``loudness`` appends to its pooled vector.
+    """
+
+    features = LOUDNESS_FEATURES
+
+    def __init__(self, info: EncoderInfo):
+        super().__init__()
+        self.level = UtteranceLoudness(info)
+        self.norm = PooledNorm(LOUDNESS_FEATURES)
+
+    def forward(self, waveforms: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.level(waveforms, attention_mask))
+
+
 class LayerMix(nn.Module):
     """A learnt softmax-weighted sum of ``count`` hidden states (SUPERB's featurizer): N+1 tensors ``[B, F, H]`` -> ``[B, F, H]``.
 
@@ -105,9 +123,8 @@ class UtteranceClassifier(nn.Module):
     evaluation), as x-vector and ECAPA heads do: pooled frames of a small
     encoder vary little between utterances next to their mean, and a linear
     head needs many updates to find those small differences unscaled.
-    ``loudness`` appends the utterance's loudness level (:class:`UtteranceLoudness`,
-    ``[B, 2]``, always standardised over the batch: log energy has an arbitrary
-    offset), which the encoder cannot hear, to the pooled vector.
+    ``loudness`` appends the utterance's loudness level (:class:`StandardisedLoudness`,
+    ``[B, 2]``), which the encoder cannot hear, to the pooled vector.
     ``forward`` returns ``{task: logits [B, classes]}``.
     """
 
@@ -141,9 +158,8 @@ class UtteranceClassifier(nn.Module):
         self.pooling = make_pooling(pooling, encoder.hidden_size)
         width = pooled_size(pooling, encoder.hidden_size)
         self.norm = PooledNorm(width) if head_norm == "batch" else nn.Identity()
-        self.loudness = UtteranceLoudness(encoder.info) if loudness else None
-        self.loudness_norm = PooledNorm(LOUDNESS_FEATURES) if loudness else None
-        width += LOUDNESS_FEATURES if loudness else 0
+        self.loudness = StandardisedLoudness(encoder.info) if loudness else None
+        width += StandardisedLoudness.features if loudness else 0
         self.dropout = nn.Dropout(dropout)
         self.heads = nn.ModuleDict(
             {task: CosineClassHead(width, n, cosine_scale) if self.head_kinds[task] == "cosine" else nn.Linear(width, n) for task, n in tasks.items()}
@@ -156,7 +172,7 @@ class UtteranceClassifier(nn.Module):
         pooled = self.norm(self.pooling(frames, out.frame_mask).float())
         if self.loudness is None:
             return pooled
-        return torch.cat([pooled, self.loudness_norm(self.loudness(waveforms, attention_mask))], dim=-1)
+        return torch.cat([pooled, self.loudness(waveforms, attention_mask)], dim=-1)
 
     def forward(self, waveforms: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         pooled = self.dropout(self.pooled(waveforms, attention_mask))
