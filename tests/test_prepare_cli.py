@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
+import soundfile as sf
 
 from study.cli import main
 from trainables.data.demo_corpus import DemoCorpusConfig, generate_demo_corpus
+from trainables.data.espeak_voice import espeak_available
 from trainables.data.iemocap import problem_report_path
 from trainables.data.manifest import MANIFEST_COLUMNS, ManifestError, read_manifest
 
@@ -53,8 +56,12 @@ def test_prepare_out_is_a_folder(corpus_copy, tmp_path, capsys):
     assert "is a folder" in capsys.readouterr().err
 
 
-def test_demo_data_is_deterministic(tmp_path):
-    config = DemoCorpusConfig(utterances_per_session=10, median_duration_s=1.0, max_duration_s=2.0, seed=3)
+ESPEAK = pytest.mark.skipif(not espeak_available(), reason="the espeak engine needs espeak-ng and sox on PATH (Debian packages espeak-ng, sox)")
+
+
+@pytest.mark.parametrize("engine", ["synth", pytest.param("espeak", marks=ESPEAK)])
+def test_demo_data_is_deterministic(engine, tmp_path):
+    config = DemoCorpusConfig(utterances_per_session=10, median_duration_s=1.0, max_duration_s=2.0, seed=3, engine=engine)
     a = generate_demo_corpus(tmp_path / "a", config)
     b = generate_demo_corpus(tmp_path / "b", config)
     files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
@@ -62,6 +69,25 @@ def test_demo_data_is_deterministic(tmp_path):
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files_a)
     with pytest.raises(FileExistsError):
         generate_demo_corpus(tmp_path / "a", config)
+
+
+@ESPEAK
+def test_an_espeak_corpus_is_read_by_prepare_and_its_emotions_differ_in_level(tmp_path, capsys):
+    assert main(["demo-data", str(tmp_path / "c"), "--engine", "espeak", "--utterances-per-session", "10"]) == 0
+    assert main(["prepare", str(tmp_path / "c"), "--out", str(tmp_path / "m.csv")]) == 0
+    utterances = read_manifest(tmp_path / "m.csv")
+    assert {u.label for u in utterances} == {"neu", "hap", "ang", "sad"} and {u.session for u in utterances} == {1, 2, 3, 4, 5}
+    assert all(u.transcript for u in utterances)
+    level = {label: np.mean([10 * np.log10(np.mean(sf.read(u.path)[0] ** 2)) for u in utterances if u.label == label]) for label in ("ang", "sad")}
+    assert level["ang"] > level["sad"] + 6, level  # the engine renders anger 13 dB louder than sadness, 3 dB jitter each
+
+
+def test_the_espeak_engine_names_what_to_install_when_it_is_missing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert main(["demo-data", str(tmp_path / "c"), "--engine", "espeak", "--utterances-per-session", "10"]) == 2
+    error = capsys.readouterr().err
+    assert "espeak-ng" in error and "apt-get install espeak-ng sox" in error
+    assert not (tmp_path / "c" / "IEMOCAP_full_release").exists()
 
 
 def test_demo_data_cli_refuses_existing(tmp_path, capsys):

@@ -159,7 +159,8 @@ class EspeakVoice:
             raw, coloured = Path(tmp) / "raw.wav", Path(tmp) / "out.wav"
             _run(["espeak-ng", "-m", "-v", speaker.voice, "-p", str(speaker.pitch), "-s", str(speaker.words_per_minute), "-w", str(raw), ssml])
             effects = ["treble", f"{treble:+.1f}", *speaker.channel.effects()]
-            _run(["sox", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(coloured), *effects])
+            # -R: repeatable; sox dithers its 16-bit output with a random generator it otherwise seeds from the clock
+            _run(["sox", "-R", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(coloured), *effects])
             signal, _ = sf.read(str(coloured), dtype="float64")
         level_db = base.level_db + speaker.level_offset_db + rng.normal(0, jitter.level_db)
         signal *= 10 ** (level_db / 20) / (np.sqrt(np.mean(signal**2)) + 1e-9)
