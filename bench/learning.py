@@ -37,6 +37,7 @@ from pathlib import Path
 
 from encoder_probe import encode, probe, prosody_r2
 from machine import describe_machine
+from trainables.data.espeak_voice import espeak_available
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "learning.md"
@@ -157,7 +158,7 @@ def main() -> None:
     try:
         results = {}
         for engine in args.engines:
-            if engine == "espeak" and not all(shutil.which(p) for p in ("espeak-ng", "sox")):
+            if engine == "espeak" and not espeak_available():
                 print("espeak-ng and sox are not installed: skipping the espeak corpus", file=sys.stderr)
                 continue
             results[engine] = run_engine(engine, work / engine)
