@@ -72,7 +72,7 @@ def test_demo_data_is_deterministic(engine, tmp_path):
 
 
 @ESPEAK
-def test_an_espeak_corpus_is_read_by_prepare_and_its_emotions_differ_in_level(tmp_path, capsys):
+def test_an_espeak_corpus_is_read_by_prepare_and_its_emotions_differ_in_level(tmp_path):
     assert main(["demo-data", str(tmp_path / "c"), "--engine", "espeak", "--utterances-per-session", "10"]) == 0
     assert main(["prepare", str(tmp_path / "c"), "--out", str(tmp_path / "m.csv")]) == 0
     utterances = read_manifest(tmp_path / "m.csv")
