@@ -15,7 +15,9 @@ Two measurements of an encoder before any fine-tuning, on a prepared manifest:
 regression and folds, the baseline to compare with, also split into its
 loudness functionals, its F0 functionals and the rest.
 ``--loudness`` adds the utterance's loudness level (``UtteranceLoudness``, what
-a classifier with ``loudness: true`` appends), alone and beside each layer.
+a classifier with ``loudness: true`` appends), alone and beside each layer;
+``--spectral-balance`` adds its spectral balance (``UtteranceSpectralBalance``,
+``spectral_balance: true``) the same way, beside the loudness level.
 
 Run: ``.venv/bin/python bench/encoder_probe.py MANIFEST ENCODER [--folds 1 2] [--egemaps]``
 (seconds to a minute for the tiny encoder on a few hundred utterances).
@@ -35,12 +37,13 @@ PROBE_C = 0.1
 
 @dataclass
 class Encoded:
-    """A manifest's utterances through a frozen encoder: per utterance, hidden states ``[layers+1][F, H]``, prosodic features ``[F, 3]`` and loudness ``[2]``."""
+    """A manifest's utterances through a frozen encoder: per utterance, hidden states ``[layers+1][F, H]``, prosodic features ``[F, 3]``, loudness ``[2]`` and spectral balance ``[8]``."""
 
     utterances: list
     states: list[list[np.ndarray]]
     prosody: list[np.ndarray]
     loudness: np.ndarray
+    spectral: np.ndarray
 
 
 def encode(manifest: Path, encoder: Path) -> Encoded:
@@ -51,12 +54,13 @@ def encode(manifest: Path, encoder: Path) -> Encoded:
     from trainables.data.manifest import read_manifest
     from trainables.models.encoder import load_encoder
     from trainables.models.loudness import UtteranceLoudness
+    from trainables.models.spectral_balance import UtteranceSpectralBalance
     from trainables.phases.acoustic_pretrain import prosody_features
 
     utterances = read_manifest(manifest)
     model = load_encoder(encoder).eval()
-    level = UtteranceLoudness(model.info)
-    states, prosody, loudness = [], [], []
+    level, balance = UtteranceLoudness(model.info), UtteranceSpectralBalance(model.info)
+    states, prosody, loudness, spectral = [], [], [], []
     with torch.no_grad():
         for u in utterances:
             waveform = load_waveform(u.path, model.info.sample_rate)
@@ -65,7 +69,8 @@ def encode(manifest: Path, encoder: Path) -> Encoded:
             states.append([h[0].numpy() for h in out.hidden_states])
             prosody.append(prosody_features(waveform, model.info))
             loudness.append(level(waveform[None], mask)[0].numpy())
-    return Encoded(utterances, states, prosody, np.stack(loudness))
+            spectral.append(balance(waveform[None], mask)[0].numpy())
+    return Encoded(utterances, states, prosody, np.stack(loudness), np.stack(spectral))
 
 
 def session_uas(features: np.ndarray, utterances, folds: list[int] | None) -> dict[int, float]:
@@ -88,9 +93,9 @@ def session_uas(features: np.ndarray, utterances, folds: list[int] | None) -> di
     return scores
 
 
-def probe(encoded: Encoded, folds: list[int] | None, loudness: bool = False) -> dict[int, float]:
-    """Mean test UA over ``folds`` of the probe on each layer's mean+std pooled frames (and the loudness level): ``{layer: UA}``."""
-    extra = [encoded.loudness] if loudness else []
+def probe(encoded: Encoded, folds: list[int] | None, loudness: bool = False, spectral: bool = False) -> dict[int, float]:
+    """Mean test UA over ``folds`` of the probe on each layer's mean+std pooled frames (and the loudness level, the spectral balance): ``{layer: UA}``."""
+    extra = [encoded.loudness] * loudness + [encoded.spectral] * spectral
     return {
         layer: mean_ua(np.hstack([np.stack([np.concatenate([s[layer].mean(0), s[layer].std(0)]) for s in encoded.states]), *extra]), encoded.utterances, folds)
         for layer in range(len(encoded.states[0]))
@@ -147,17 +152,22 @@ def main() -> None:
     parser.add_argument("--folds", type=int, nargs="+", help="held-out sessions (default: every session)")
     parser.add_argument("--egemaps", action="store_true", help="also eGeMAPS functionals through the same probe (all, and per group)")
     parser.add_argument("--loudness", action="store_true", help="also the utterance's loudness level, alone and beside each layer")
+    parser.add_argument("--spectral-balance", action="store_true", help="also the utterance's spectral balance, alone and beside each layer with the loudness level")
     args = parser.parse_args()
     encoded = encode(args.manifest, args.encoder)
     uas, r2 = probe(encoded, args.folds), prosody_r2(encoded)
     with_loudness = probe(encoded, args.folds, loudness=True) if args.loudness else {}
-    print(f"| layer | probe test UA % (folds {args.folds or 'all'}) | with loudness | R^2 log energy | R^2 log F0 | R^2 voicing |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    with_both = probe(encoded, args.folds, loudness=True, spectral=True) if args.spectral_balance else {}
+    print(f"| layer | probe test UA % (folds {args.folds or 'all'}) | with loudness | with loudness and spectral balance | R^2 log energy | R^2 log F0 | R^2 voicing |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for layer, ua in uas.items():
-        beside = f"{100 * with_loudness[layer]:.1f}" if with_loudness else ""
+        beside = " | ".join(f"{100 * extra[layer]:.1f}" if extra else "" for extra in (with_loudness, with_both))
         print(f"| {layer} | {100 * ua:.1f} | {beside} | " + " | ".join(f"{r2[layer][name]:.2f}" for name in ("log energy", "log F0", "voicing")) + " |")
-    if args.loudness:
-        print(f"| loudness alone | {100 * mean_ua(encoded.loudness, encoded.utterances, args.folds):.1f} | | | | |")
+    alone = {"loudness alone": [encoded.loudness] if args.loudness else [], "spectral balance alone": [encoded.spectral] if args.spectral_balance else [],
+             "loudness and spectral balance": [encoded.loudness, encoded.spectral] if args.spectral_balance else []}
+    for name, parts in alone.items():
+        if parts:
+            print(f"| {name} | {100 * mean_ua(np.hstack(parts), encoded.utterances, args.folds):.1f} | | | | | |")
     if args.egemaps:
         for group, ua in egemaps_uas(args.manifest, args.folds).items():
             print(f"| eGeMAPS, {group} | {100 * ua:.1f} | | | | |")

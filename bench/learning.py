@@ -113,6 +113,7 @@ def run_engine(engine: str, work: Path) -> dict:
         "run_fold": {"test_ua": run_fold["test"]["ua"], "val_ua": run_fold["val"]["ua"]},
         "probe": probe(encoded, [1, 2]),
         "probe with loudness": probe(encoded, [1, 2], loudness=True),
+        "probe with loudness and spectral balance": probe(encoded, [1, 2], loudness=True, spectral=True),
         "pitch_r2": {layer: r2["log F0"] for layer, r2 in prosody_r2(encoded).items()},
         "seconds": times,
     }
@@ -140,9 +141,11 @@ def write_report(results: dict, args: argparse.Namespace) -> None:
         lines.append(row(f"`run-fold --preset smoke` fold 2 ({' '.join(CANDIDATE)})", "run-fold", f"{100 * result['run_fold']['test_ua']:.1f}"))
         probe_text = ", ".join(f"L{layer} {100 * ua:.1f}" for layer, ua in result["probe"].items())
         loudness_text = ", ".join(f"L{layer} {100 * ua:.1f}" for layer, ua in result["probe with loudness"].items())
+        both_text = ", ".join(f"L{layer} {100 * ua:.1f}" for layer, ua in result["probe with loudness and spectral balance"].items())
         pitch_text = ", ".join(f"L{layer} {r2:.2f}" for layer, r2 in result["pitch_r2"].items())
         lines += ["", f"Frozen-feature probe of the pretrained encoder (no fine-tuning), per layer: {probe_text}; "
-                  f"with the utterance's loudness level beside (what `loudness: true` adds): {loudness_text}.",
+                  f"with the utterance's loudness level beside (what `loudness: true` adds): {loudness_text}; "
+                  f"and its spectral balance too (`spectral_balance: true`): {both_text}.",
                   f"How well its frames give each voiced frame's log F0 (R^2 of a ridge regression, `bench/encoder_probe.py`), per layer: {pitch_text}.", ""]
         lines.append("Wall time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result["seconds"].items()) + ".")
         lines.append("")

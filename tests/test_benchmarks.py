@@ -41,15 +41,16 @@ def test_gpu_phases_counts_hubert_base_flops_from_the_architecture():
 
 
 def test_encoder_probe_reports_every_layer_of_a_frozen_encoder(small_manifest, tiny_encoder):
-    """The probe (with the loudness level beside) and prosody decoding run on a real manifest and encoder and print one row per hidden state."""
-    done = subprocess.run([sys.executable, "bench/encoder_probe.py", str(small_manifest), str(tiny_encoder), "--folds", "1", "2", "--loudness"],
+    """The probe (with the loudness level and spectral balance beside) and prosody decoding run on a real manifest and encoder and print one row per hidden state."""
+    done = subprocess.run([sys.executable, "bench/encoder_probe.py", str(small_manifest), str(tiny_encoder), "--folds", "1", "2", "--loudness", "--spectral-balance"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| ") and not line.startswith(("| layer", "| ---"))]
-    layers, extra = rows[:-1], rows[-1]
+    layers, extra = rows[:-3], rows[-3:]
     assert [int(row[0]) for row in layers] == [0, 1, 2, 3]  # the tiny encoder's CNN output and its 3 layers
-    assert all(0 <= float(row[1]) <= 100 and 0 <= float(row[2]) <= 100 and all(float(value) <= 1 for value in row[3:]) for row in layers)
-    assert extra[0].strip() == "loudness alone" and 0 <= float(extra[1]) <= 100
+    assert all(all(0 <= float(value) <= 100 for value in row[1:4]) and all(float(value) <= 1 for value in row[4:]) for row in layers)
+    assert [row[0].strip() for row in extra] == ["loudness alone", "spectral balance alone", "loudness and spectral balance"]
+    assert all(0 <= float(row[1]) <= 100 for row in extra)
 
 
 def test_head_variants_fine_tunes_each_variant_on_the_folds(small_manifest, tiny_encoder):

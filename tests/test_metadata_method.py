@@ -109,14 +109,18 @@ def test_the_emotion_branch_reads_the_classifiers_layers_and_statistics_pooling(
     assert MultitaskClassifier(load_encoder(tiny_encoder), "average", 4, {}).ser_mix is None
 
 
-def test_the_emotion_branch_reads_the_loudness_level_beside_its_pooled_frames(tiny_encoder, small_utterances):
+def test_the_emotion_branch_reads_the_loudness_level_and_spectral_balance_beside_its_pooled_frames(tiny_encoder, small_utterances):
     batch = _batch(small_utterances)
-    model = MultitaskClassifier(load_encoder(tiny_encoder), "average", 4, {"gender": 2}, head_norm="batch", loudness=True).eval()
-    assert model.heads["emotion"].in_features == 32 + 2 and model.heads["gender"].in_features == 32
+    model = MultitaskClassifier(load_encoder(tiny_encoder), "average", 4, {"gender": 2}, head_norm="batch", loudness=True, spectral_balance=True).eval()
+    assert model.heads["emotion"].in_features == 32 + 2 + 8 and model.heads["gender"].in_features == 32
     with torch.no_grad():
         quiet, loud = model(batch.waveforms, batch.attention_mask), model(4 * batch.waveforms, batch.attention_mask)
     assert not torch.allclose(quiet["emotion"], loud["emotion"], atol=1e-3)  # the encoder alone hardly tells them apart
     assert torch.allclose(quiet["gender"], loud["gender"], atol=5e-2)
+    emphasised = torch.nn.functional.pad(batch.waveforms[:, 1:] - 0.97 * batch.waveforms[:, :-1], (1, 0))
+    with torch.no_grad():
+        balance = model.levels["spectral_balance"]
+        assert (balance(emphasised, batch.attention_mask) - balance(batch.waveforms, batch.attention_mask)).abs().max() > 1.0
 
 
 def test_co_attention_never_attends_to_padded_frames():

@@ -156,13 +156,49 @@ def test_the_encoder_cannot_hear_loudness_and_the_classifier_reads_it_beside(tmp
     assert (pooled_loud[0, 16] - pooled_quiet[0, 16]).item() == pytest.approx(2 * math.log(8), rel=1e-3)  # running variance 1 before calibration
 
 
-@pytest.mark.parametrize(("layers", "pooling", "head_norm", "loudness"), [("weighted", "stats", "batch", False), ("last", "attention", "none", False), ("weighted", "average", "batch", True), ("last", "stats", "none", True)])
-def test_saved_and_exported_classifiers_score_as_the_trained_one(tiny_encoder, tmp_path, layers, pooling, head_norm, loudness):
+def test_the_spectral_balance_is_the_spectrum_shape_whatever_the_gain_or_padding(tmp_path):
+    """UtteranceSpectralBalance: 8 log band powers minus their mean; a gain, padding and a batch neighbour leave it; a tone lands in its band; high-pass tilts it."""
+    from trainables.config import TinyEncoderConfig
+    from trainables.models.encoder import make_tiny_encoder
+    from trainables.models.spectral_balance import SPECTRAL_BANDS, UtteranceSpectralBalance, band_matrix
+
+    encoder = load_encoder(make_tiny_encoder(tmp_path / "enc", TinyEncoderConfig(hidden_size=16, num_layers=1, intermediate_size=32)))
+    balance = UtteranceSpectralBalance(encoder.info)
+    torch.manual_seed(0)
+    noise = torch.randn(1, 16000)
+    mask = torch.ones(1, 16000, dtype=torch.long)
+    flat = balance(noise, mask)
+    assert flat.shape == (1, SPECTRAL_BANDS) and flat.sum().abs() < 1e-4
+    assert torch.allclose(balance(8 * noise, mask), flat, atol=1e-4)
+    padded = torch.cat([noise, torch.zeros(1, 3000)], dim=1)
+    batch_mask = torch.cat([torch.cat([mask, torch.zeros(1, 3000, dtype=torch.long)], dim=1), torch.ones(1, 19000, dtype=torch.long)])
+    assert torch.allclose(balance(torch.cat([padded, torch.randn(1, 19000)]), batch_mask)[0], flat[0], atol=1e-4)
+    # White noise: each band's power grows with its width, so the balance rises band by band.
+    assert (flat[0, 1:] > flat[0, :-1]).all()
+    # A 1 kHz tone puts its band far above the others.
+    tone = torch.sin(2 * math.pi * 1000 * torch.arange(16000) / 16000)[None]
+    bands = band_matrix(16000, balance.window_length)
+    freqs = torch.arange(bands.shape[1]) * 16000 / balance.window_length
+    assert balance(tone, mask)[0].argmax().item() == bands[:, (freqs - 1000).abs().argmin()].argmax().item()
+    # A first difference (pre-emphasis, +6 dB/octave) tilts the balance towards the high bands.
+    emphasised = torch.nn.functional.pad(noise[:, 1:] - 0.97 * noise[:, :-1], (1, 0))
+    tilt = balance(emphasised, mask) - flat
+    assert tilt[0, -1] - tilt[0, 0] > 3.0
+    with pytest.raises(ValueError, match="empty band"):
+        band_matrix(800, 26)
+
+
+@pytest.mark.parametrize(
+    ("layers", "pooling", "head_norm", "loudness", "spectral"),
+    [("weighted", "stats", "batch", False, False), ("last", "attention", "none", False, False), ("weighted", "average", "batch", True, True),
+     ("last", "stats", "none", True, False), ("last", "average", "batch", False, True)],
+)
+def test_saved_and_exported_classifiers_score_as_the_trained_one(tiny_encoder, tmp_path, layers, pooling, head_norm, loudness, spectral):
     from study.export.hf import to_huggingface
     from trainables.phases.classifier import load_classifier, save_classifier
 
     torch.manual_seed(0)
-    model = UtteranceClassifier(load_encoder(tiny_encoder), pooling, {"emotion": 4}, head_norm=head_norm, layers=layers, loudness=loudness)
+    model = UtteranceClassifier(load_encoder(tiny_encoder), pooling, {"emotion": 4}, head_norm=head_norm, layers=layers, loudness=loudness, spectral_balance=spectral)
     model.train()
     for _ in range(3):  # running statistics and layer weights away from their initial values
         model(torch.randn(4, 8000) * torch.tensor([[0.1], [0.5], [1.0], [2.0]]), torch.ones(4, 8000, dtype=torch.long))["emotion"].sum().backward()
@@ -180,6 +216,7 @@ def test_saved_and_exported_classifiers_score_as_the_trained_one(tiny_encoder, t
         assert loaded_classes == classes and torch.allclose(loaded(waveform, mask)["emotion"], expected, atol=1e-5)
         exported = to_huggingface(model, classes)
         assert exported.config.layers == layers and exported.config.pooling == pooling and exported.config.loudness == loudness
+        assert exported.config.spectral_balance == spectral
         assert torch.allclose(exported(waveform, mask).logits, expected, atol=1e-4)
 
 

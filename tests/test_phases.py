@@ -313,24 +313,26 @@ def test_the_pooled_norm_is_calibrated_to_the_whole_utterances_evaluation_pools(
     from trainables.phases.classifier import CALIBRATION_UTTERANCES, calibrate_pooled_norm, calibration_dataset
 
     encoder = load_encoder(make_tiny_encoder(tmp_path / "enc", TinyEncoderConfig(hidden_size=16, num_layers=1, intermediate_size=32, feat_extract_norm=norm)))
-    model = UtteranceClassifier(encoder, "stats", {"emotion": 4}, head_norm="batch", loudness=True).eval()  # running statistics: mean 0, variance 1
+    model = UtteranceClassifier(encoder, "stats", {"emotion": 4}, head_norm="batch", loudness=True, spectral_balance=True).eval()  # running statistics: mean 0, variance 1
     label_index = {c: i for i, c in enumerate(CLASSES)}
     dataset = calibration_dataset(small_utterances[:12], label_index, encoder.info.sample_rate)
     calibrate_pooled_norm(model, dataset, 320.0, LocalRuntime())
 
     with torch.no_grad():
-        vectors, levels = [], []
+        vectors, levels, balances = [], [], []
         for item in (dataset[i] for i in range(len(dataset))):
             mask = torch.ones(1, item["waveform"].numel(), dtype=torch.long)
             out = encoder(item["waveform"][None], mask)
             vectors.append(model.pooling(out.last_hidden, out.frame_mask))
-            levels.append(model.loudness.level(item["waveform"][None], mask))
-        vectors, levels = torch.cat(vectors), torch.cat(levels)
+            levels.append(model.levels["loudness"].level(item["waveform"][None], mask))
+            balances.append(model.levels["spectral_balance"].level(item["waveform"][None], mask))
+        vectors, levels, balances = torch.cat(vectors), torch.cat(levels), torch.cat(balances)
     assert torch.allclose(model.norm.running_mean, vectors.mean(0), atol=1e-5)
     assert torch.allclose(model.norm.running_var, vectors.var(0), rtol=1e-3, atol=1e-7)
-    # The loudness inputs have a norm of their own, calibrated the same way.
-    assert torch.allclose(model.loudness.norm.running_mean, levels.mean(0), atol=1e-4)
-    assert torch.allclose(model.loudness.norm.running_var, levels.var(0), rtol=1e-3)
+    # The loudness and spectral balance inputs have norms of their own, calibrated the same way.
+    for name, inputs in (("loudness", levels), ("spectral_balance", balances)):
+        assert torch.allclose(model.levels[name].norm.running_mean, inputs.mean(0), atol=1e-4)
+        assert torch.allclose(model.levels[name].norm.running_var, inputs.var(0), rtol=1e-3)
     assert not torch.allclose(model.norm.running_var, torch.ones_like(model.norm.running_var))
     # A large training set is spread evenly over at most CALIBRATION_UTTERANCES utterances.
     many = calibration_dataset(small_utterances * 5, label_index, encoder.info.sample_rate)

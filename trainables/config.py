@@ -107,6 +107,9 @@ class ClassifierConfig:
     #: Append the utterance's loudness level (mean and spread of its frames' log energy, from the raw samples) to the
     #: pooled vector: a HuBERT-style encoder's normalised CNN cannot hear it (trainables.models.loudness).
     loudness: bool = False
+    #: Append the utterance's spectral balance (its long-term average spectrum in 8 log-spaced bands, shape only) to the
+    #: pooled vector: a group-norm CNN standardises each band filter over the utterance (trainables.models.spectral_balance).
+    spectral_balance: bool = False
 
     def __post_init__(self) -> None:
         _check(

@@ -51,7 +51,7 @@ class Exported:
 
 def to_huggingface(model: UtteranceClassifier, classes: list[str]) -> SerStudyForAudioClassification:
     """The same classifier as a :class:`SerStudyForAudioClassification` (eval mode), weights copied exactly."""
-    if model.loudness is not None and model.encoder.info.normalize:
+    if "loudness" in model.levels and model.encoder.info.normalize:
         raise UserError(
             "this classifier reads the utterance's loudness, and its encoder's feature extractor normalises every waveform, so the exported "
             "model would see no loudness; score audio with `ser-study predict` instead, or train with loudness: false"
@@ -64,7 +64,9 @@ def to_huggingface(model: UtteranceClassifier, classes: list[str]) -> SerStudyFo
         head_norm=model.head_norm,
         cosine_scale=model.cosine_scale,
         layers=model.layers,
-        loudness=model.loudness is not None,
+        loudness="loudness" in model.levels,
+        spectral_balance="spectral_balance" in model.levels,
+        sampling_rate=model.encoder.info.sample_rate,
         id2label=dict(enumerate(classes)),
         label2id={c: i for i, c in enumerate(classes)},
     )
@@ -75,8 +77,9 @@ def to_huggingface(model: UtteranceClassifier, classes: list[str]) -> SerStudyFo
         state["layer_mix.logits"] = model.layer_mix.logits.detach()
     state.update({f"pooling.{k}": v for k, v in model.pooling.state_dict().items()})
     state.update({f"norm.{k}": v for k, v in model.norm.state_dict().items()})
-    if model.loudness is not None:
-        state.update({f"loudness_norm.{k}": v for k, v in model.loudness.norm.state_dict().items()})
+    for name, prefix in (("loudness", "loudness_norm"), ("spectral_balance", "spectral_norm")):
+        if name in model.levels:
+            state.update({f"{prefix}.{k}": v for k, v in model.levels[name].norm.state_dict().items()})
     state.update({f"classifier.{k}": v for k, v in model.heads[EMOTION_TASK].state_dict().items()})
     wanted = set(hf.state_dict())
     # The mask embedding is a training-only parameter that HF drops when the saved config masks nothing.

@@ -15,6 +15,8 @@ extractor when the encoder was trained so), ``attention_mask`` ``[B, T]``
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,6 +28,10 @@ LAYERS = ("last", "weighted")
 HEADS = ("linear", "cosine")
 HEAD_NORMS = ("none", "batch")
 LOUDNESS_FEATURES = 2
+#: The spectral balance: log-spaced bands, 80 Hz to 7.6 kHz (or 95 % of Nyquist), analysed in 32 ms windows every 10 ms.
+SPECTRAL_BANDS = 8
+SPECTRAL_RANGE_HZ = (80.0, 7600.0)
+SPECTRAL_WINDOW_SECONDS, SPECTRAL_HOP_SECONDS = 0.032, 0.010
 
 
 class SerStudyConfig(PretrainedConfig):
@@ -40,13 +46,15 @@ class SerStudyConfig(PretrainedConfig):
     loudness: the mean and standard deviation of the log energy of the
     encoder's frames, read from ``input_values`` (which must then be raw
     samples, not normalised), standardised the same way and appended to the
-    pooled vector.
+    pooled vector; spectral_balance: the shape of the utterance's average power
+    spectrum in 8 log-spaced bands (log, minus its mean over the bands), at the
+    encoder's ``sampling_rate``, standardised and appended after it.
     """
 
     model_type = "ser-study-classifier"
 
     def __init__(self, encoder: dict | None = None, pooling: str = "attention", head: str = "linear", head_norm: str = "none", cosine_scale: float = 30.0,
-                 layers: str = "last", loudness: bool = False, **kwargs):
+                 layers: str = "last", loudness: bool = False, spectral_balance: bool = False, sampling_rate: int = 16000, **kwargs):
         super().__init__(**kwargs)
         if pooling not in POOLINGS or head not in HEADS or head_norm not in HEAD_NORMS or layers not in LAYERS:
             raise ValueError(
@@ -60,6 +68,8 @@ class SerStudyConfig(PretrainedConfig):
         self.cosine_scale = float(cosine_scale)
         self.layers = layers
         self.loudness = bool(loudness)
+        self.spectral_balance = bool(spectral_balance)
+        self.sampling_rate = int(sampling_rate)
 
     def encoder_config(self) -> PretrainedConfig:
         values = dict(self.encoder)
@@ -83,6 +93,8 @@ class SerStudyForAudioClassification(PreTrainedModel):
         self.norm = nn.BatchNorm1d(width, affine=False) if config.head_norm == "batch" else nn.Identity()
         self.loudness_norm = nn.BatchNorm1d(LOUDNESS_FEATURES, affine=False) if config.loudness else None
         width += LOUDNESS_FEATURES if config.loudness else 0
+        self.spectral_norm = nn.BatchNorm1d(SPECTRAL_BANDS, affine=False) if config.spectral_balance else None
+        width += SPECTRAL_BANDS if config.spectral_balance else 0
         if config.head == "cosine":
             self.classifier = nn.ParameterDict({"weight": nn.Parameter(torch.zeros(config.num_labels, width))})
         else:
@@ -132,6 +144,25 @@ class SerStudyForAudioClassification(PreTrainedModel):
         spread = (((energy - mean[:, None]) * mask) ** 2).sum(dim=1) / count
         return torch.stack([mean, torch.sqrt(spread + 1e-6)], dim=-1)
 
+    def spectral_balance(self, input_values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``[B, T]`` samples -> ``[B, 8]``: log power per band of the spectrum averaged over the windows wholly within the valid samples, minus its mean over the bands."""
+        rate = self.config.sampling_rate
+        length, hop = round(SPECTRAL_WINDOW_SECONDS * rate), round(SPECTRAL_HOP_SECONDS * rate)
+        top = min(SPECTRAL_RANGE_HZ[1], 0.95 * rate / 2)
+        edges = torch.logspace(math.log10(SPECTRAL_RANGE_HZ[0]), math.log10(top), SPECTRAL_BANDS + 1, dtype=torch.float64)
+        freqs = torch.arange(length // 2 + 1, dtype=torch.float64) * rate / length
+        bands = ((freqs[None, :] >= edges[:-1, None]) & (freqs[None, :] < edges[1:, None])).float().to(input_values.device)
+        samples = input_values.float() * attention_mask.float()
+        if samples.shape[1] < length:
+            samples = F.pad(samples, (0, length - samples.shape[1]))
+        window = torch.hann_window(length, device=samples.device)
+        power = torch.fft.rfft(samples.unfold(1, length, hop) * window, dim=-1).abs().pow(2)
+        count = (torch.div(attention_mask.sum(dim=1) - length, hop, rounding_mode="floor") + 1).clamp(min=1, max=power.shape[1])
+        valid = (torch.arange(power.shape[1], device=power.device)[None, :] < count[:, None]).float()
+        average = (power * valid[..., None]).sum(dim=1) / count[:, None].float()
+        level = torch.log(average @ bands.T + 1e-10)
+        return level - level.mean(dim=1, keepdim=True)
+
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None, **kwargs) -> SequenceClassifierOutput:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_values, dtype=torch.long)
@@ -144,6 +175,8 @@ class SerStudyForAudioClassification(PreTrainedModel):
         pooled = self.norm(self.pool(hidden, self.frame_mask(attention_mask, hidden.shape[1])).float())
         if self.loudness_norm is not None:
             pooled = torch.cat([pooled, self.loudness_norm(self.loudness(input_values, attention_mask))], dim=-1)
+        if self.spectral_norm is not None:
+            pooled = torch.cat([pooled, self.spectral_norm(self.spectral_balance(input_values, attention_mask))], dim=-1)
         if self.config.head == "cosine":
             logits = self.config.cosine_scale * F.normalize(pooled, dim=-1) @ F.normalize(self.classifier["weight"].float(), dim=-1).T
         else:

@@ -16,6 +16,7 @@ from torch import nn
 from trainables.models.encoder import EncoderInfo, SpeechEncoder
 from trainables.config import CLASSIFIER_LAYERS
 from trainables.models.loudness import LOUDNESS_FEATURES, UtteranceLoudness
+from trainables.models.spectral_balance import SPECTRAL_BANDS, UtteranceSpectralBalance
 from trainables.models.pooling import make_pooling, pooled_size
 
 FRAME_HEADS = ("cosine", "linear")
@@ -79,22 +80,37 @@ class PooledNorm(nn.BatchNorm1d):
         self.running_var.copy_(pooled.var(dim=0))
 
 
-class StandardisedLoudness(nn.Module):
-    """The utterance's loudness level (:class:`UtteranceLoudness`) standardised by a :class:`PooledNorm` of its own (log energy has an arbitrary offset).
+class StandardisedLevel(nn.Module):
+    """An utterance-level measurement of the raw samples (``level``: waveforms ``[B, T]``, attention_mask ``[B, T]`` -> ``[B, features]``) standardised by a :class:`PooledNorm` of its own.
 
-    waveforms ``[B, T]``, attention_mask ``[B, T]`` -> ``[B, 2]``: what a
-    classifier with ``loudness`` appends to its pooled vector.
+    What a classifier appends to its pooled vector for what the encoder's
+    normalised CNN cannot hear: the loudness level (:func:`loudness_level`)
+    and the spectral balance (:func:`spectral_balance`).
     """
 
-    features = LOUDNESS_FEATURES
-
-    def __init__(self, info: EncoderInfo):
+    def __init__(self, level: nn.Module, features: int):
         super().__init__()
-        self.level = UtteranceLoudness(info)
-        self.norm = PooledNorm(LOUDNESS_FEATURES)
+        self.level = level
+        self.features = features
+        self.norm = PooledNorm(features)
 
     def forward(self, waveforms: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.norm(self.level(waveforms, attention_mask))
+
+
+def loudness_level(info: EncoderInfo) -> StandardisedLevel:
+    """The utterance's loudness level, ``[B, 2]`` (:class:`UtteranceLoudness`; log energy has an arbitrary offset, hence the norm)."""
+    return StandardisedLevel(UtteranceLoudness(info), LOUDNESS_FEATURES)
+
+
+def spectral_balance(info: EncoderInfo) -> StandardisedLevel:
+    """The utterance's spectral balance, ``[B, SPECTRAL_BANDS]`` (:class:`UtteranceSpectralBalance`)."""
+    return StandardisedLevel(UtteranceSpectralBalance(info), SPECTRAL_BANDS)
+
+
+def utterance_levels(info: EncoderInfo, loudness: bool, spectral: bool) -> nn.ModuleDict:
+    """The :class:`StandardisedLevel` a classifier appends, by name (``loudness``, then ``spectral_balance``), for the options on."""
+    return nn.ModuleDict({name: make(info) for name, make, on in (("loudness", loudness_level, loudness), ("spectral_balance", spectral_balance, spectral)) if on})
 
 
 class LayerMix(nn.Module):
@@ -123,8 +139,9 @@ class UtteranceClassifier(nn.Module):
     evaluation), as x-vector and ECAPA heads do: pooled frames of a small
     encoder vary little between utterances next to their mean, and a linear
     head needs many updates to find those small differences unscaled.
-    ``loudness`` appends the utterance's loudness level (:class:`StandardisedLoudness`,
-    ``[B, 2]``), which the encoder cannot hear, to the pooled vector.
+    ``loudness`` appends the utterance's loudness level (``[B, 2]``) and
+    ``spectral_balance`` its spectral balance (``[B, 8]``), which the
+    encoder's normalised CNN cannot hear, to the pooled vector (:func:`utterance_levels`).
     ``forward`` returns ``{task: logits [B, classes]}``.
     """
 
@@ -139,6 +156,7 @@ class UtteranceClassifier(nn.Module):
         cosine_scale: float = 30.0,
         layers: str = "last",
         loudness: bool = False,
+        spectral_balance: bool = False,
     ):
         super().__init__()
         if head_norm not in HEAD_NORMS:
@@ -158,21 +176,19 @@ class UtteranceClassifier(nn.Module):
         self.pooling = make_pooling(pooling, encoder.hidden_size)
         width = pooled_size(pooling, encoder.hidden_size)
         self.norm = PooledNorm(width) if head_norm == "batch" else nn.Identity()
-        self.loudness = StandardisedLoudness(encoder.info) if loudness else None
-        width += StandardisedLoudness.features if loudness else 0
+        self.levels = utterance_levels(encoder.info, loudness, spectral_balance)
+        width += sum(level.features for level in self.levels.values())
         self.dropout = nn.Dropout(dropout)
         self.heads = nn.ModuleDict(
             {task: CosineClassHead(width, n, cosine_scale) if self.head_kinds[task] == "cosine" else nn.Linear(width, n) for task, n in tasks.items()}
         )
 
     def pooled(self, waveforms: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The utterance vectors ``[B, D]`` the heads read (after pooling and the head's normalisation; D is 2H for ``stats``, 2 more with ``loudness``)."""
+        """The utterance vectors ``[B, D]`` the heads read (after pooling and the head's normalisation; D is 2H for ``stats``, plus the levels')."""
         out = self.encoder(waveforms, attention_mask, output_hidden_states=self.layer_mix is not None)
         frames = out.last_hidden if self.layer_mix is None else self.layer_mix(out.hidden_states)
         pooled = self.norm(self.pooling(frames, out.frame_mask).float())
-        if self.loudness is None:
-            return pooled
-        return torch.cat([pooled, self.loudness(waveforms, attention_mask)], dim=-1)
+        return torch.cat([pooled, *(level(waveforms, attention_mask) for level in self.levels.values())], dim=-1)
 
     def forward(self, waveforms: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         pooled = self.dropout(self.pooled(waveforms, attention_mask))

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.models.encoder import SpeechEncoder
-from trainables.models.heads import LayerMix, PooledNorm, StandardisedLoudness
+from trainables.models.heads import LayerMix, PooledNorm, utterance_levels
 from trainables.models.pooling import make_pooling, pooled_size
 
 EMOTION = "emotion"
@@ -102,6 +102,7 @@ class MultitaskClassifier(nn.Module):
         head_norm: str = "none",
         layers: str = "last",
         loudness: bool = False,
+        spectral_balance: bool = False,
     ):
         super().__init__()
         if integration not in INTEGRATIONS:
@@ -123,9 +124,10 @@ class MultitaskClassifier(nn.Module):
         self.pooling = make_pooling(pooling, width)
         pooled = pooled_size(pooling, width)
         self.norm = PooledNorm(pooled) if head_norm == "batch" else nn.Identity()
-        self.loudness = StandardisedLoudness(encoder.info) if loudness else None
+        self.levels = utterance_levels(encoder.info, loudness, spectral_balance)
         self.dropout = nn.Dropout(dropout)
-        self.heads = nn.ModuleDict({EMOTION: nn.Linear(pooled + (StandardisedLoudness.features if loudness else 0), num_classes), **{task: nn.Linear(hidden, n) for task, n in tasks.items()}})
+        levels = sum(level.features for level in self.levels.values())
+        self.heads = nn.ModuleDict({EMOTION: nn.Linear(pooled + levels, num_classes), **{task: nn.Linear(hidden, n) for task, n in tasks.items()}})
         self.task_pooling = nn.ModuleDict({task: make_pooling("average", hidden) for task in tasks})
         self.ctc_head = nn.Linear(hidden, ctc_vocab) if ctc_vocab else None
 
@@ -143,8 +145,7 @@ class MultitaskClassifier(nn.Module):
         if self.coattention is not None:
             ser = torch.cat([ser, *(self.coattention[name](ser, views[name], mask) for name in self.coattention)], dim=-1)
         pooled = self.norm(self.pooling(ser, mask).float())
-        if self.loudness is not None:
-            pooled = torch.cat([pooled, self.loudness(waveforms, attention_mask)], dim=-1)
+        pooled = torch.cat([pooled, *(level(waveforms, attention_mask) for level in self.levels.values())], dim=-1)
         outputs[EMOTION] = self.heads[EMOTION](self.dropout(pooled))
         outputs["frame_mask"] = mask
         return outputs

@@ -49,7 +49,7 @@ CALIBRATION_UTTERANCES = 128
 
 
 def calibrate_pooled_norm(model: torch.nn.Module, dataset: UtteranceDataset, max_batch_seconds: float, runtime: Runtime) -> None:
-    """Give every :class:`PooledNorm` of ``model`` (``head_norm: batch``, ``loudness``) the exact statistics of what evaluation will feed it; a no-op without one.
+    """Give every :class:`PooledNorm` of ``model`` (``head_norm: batch``, ``loudness``, ``spectral_balance``) the exact statistics of what evaluation will feed it; a no-op without one.
 
     BatchNorm's running statistics are a moving average over training batches:
     random crops of padded utterances through a changing encoder, starting from
@@ -129,7 +129,7 @@ def train_classifier(
     aux_tasks = [metadata_task(name) for name in objective.aux]
     model = UtteranceClassifier(
         encoder, pooling, {EMOTION_TASK: len(classes), **{task.name: len(task.classes) for task in aux_tasks}},
-        dropout=cfg.dropout, head_norm=cfg.head_norm, layers=cfg.layers, loudness=cfg.loudness,
+        dropout=cfg.dropout, head_norm=cfg.head_norm, layers=cfg.layers, loudness=cfg.loudness, spectral_balance=cfg.spectral_balance,
         head_kinds={EMOTION_TASK: "cosine" if objective.emotion_head == "am_softmax" else "linear"}, cosine_scale=objective.am_scale,
     )
     rate = encoder.info.sample_rate
@@ -169,7 +169,7 @@ def save_classifier(model: UtteranceClassifier, classes: Sequence[str], director
     description = {
         "pooling": model.pooling_name, "head_norm": model.head_norm, "layers": model.layers, "classes": list(classes),
         "tasks": {t: h.out_features for t, h in model.heads.items()}, "head_kinds": model.head_kinds, "cosine_scale": model.cosine_scale,
-        "loudness": model.loudness is not None,
+        "loudness": "loudness" in model.levels, "spectral_balance": "spectral_balance" in model.levels,
     }
     (directory / CLASSIFIER_FILE).write_text(json.dumps(description, indent=2))
 
@@ -181,7 +181,7 @@ def load_classifier(directory: Path) -> tuple[UtteranceClassifier, list[str]]:
     model = UtteranceClassifier(
         encoder, description["pooling"], description["tasks"], head_norm=description.get("head_norm", "none"),
         head_kinds=description.get("head_kinds"), cosine_scale=description.get("cosine_scale", 30.0), layers=description.get("layers", "last"),
-        loudness=description.get("loudness", False),
+        loudness=description.get("loudness", False), spectral_balance=description.get("spectral_balance", False),
     )
     missing, unexpected = model.load_state_dict(load_file(str(directory / HEADS_FILE)), strict=False)
     if unexpected or any(not k.startswith("encoder.") for k in missing):

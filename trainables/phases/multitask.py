@@ -51,7 +51,7 @@ def build_model(encoder_path: str | Path, pooling: str, classes: Sequence[str], 
         encoder, pooling, len(classes), {name: len(metadata_task(name).classes) for name in objective.aux},
         ctc_vocab=VOCAB_SIZE if objective.transcript_weight > 0 else 0, ctc_layer=objective.ctc_layer,
         integration=objective.integration, coattention=objective.coattention, dropout=cfg.dropout, head_norm=cfg.head_norm, layers=cfg.layers,
-        loudness=cfg.loudness,
+        loudness=cfg.loudness, spectral_balance=cfg.spectral_balance,
     )
 
 
@@ -68,7 +68,8 @@ def load_multitask(artifact: Path) -> tuple[MultitaskClassifier, list[str]]:
     """The model a multi-task stage saved in ``artifact``, for prediction (eval mode), and its classes."""
     description = json.loads((artifact / DESCRIPTION_FILE).read_text())
     cfg = ClassifierConfig(
-        head_norm=description["head_norm"], dropout=description["dropout"], layers=description.get("layers", "last"), loudness=description.get("loudness", False)
+        head_norm=description["head_norm"], dropout=description["dropout"], layers=description.get("layers", "last"), loudness=description.get("loudness", False),
+        spectral_balance=description.get("spectral_balance", False),
     )
     model = build_model(encoder_dir(artifact), description["pooling"], description["classes"], MultitaskObjective(**description["objective"]), cfg)
     model.load_state_dict(load_file(str(artifact / MODEL_FILE)))
@@ -145,7 +146,7 @@ def run_multitask(
             model.encoder.save(encoder_dir(tmp))
             save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / MODEL_FILE))
             description = {"pooling": pooling, "classes": list(classes), "objective": asdict(objective), "head_norm": cfg.head_norm, "dropout": cfg.dropout, "layers": cfg.layers,
-                           "loudness": cfg.loudness}
+                           "loudness": cfg.loudness, "spectral_balance": cfg.spectral_balance}
             (tmp / DESCRIPTION_FILE).write_text(json.dumps(description, indent=2))
             if test:
                 probabilities = torch.softmax(logits, dim=1).numpy()
