@@ -68,6 +68,10 @@ BEFORE = {
         "synth": {"best": "64.9", "egemaps": "83.6", "finetune": "61.9", "tapt": "61.1", "run-fold": "66.6"},
         "espeak": {"best": "58.1", "egemaps": "56.8", "finetune": "51.6", "tapt": "47.1", "run-fold": "43.7"},
     },
+    "1c0b0c4": {
+        "synth": {"best": "64.9", "egemaps": "83.6", "finetune": "61.9", "tapt": "61.1", "run-fold": "66.6"},
+        "espeak": {"best": "51.0", "egemaps": "55.7", "finetune": "48.2", "tapt": "42.7", "run-fold": "54.7"},
+    },
 }
 
 

@@ -338,3 +338,50 @@ def test_the_pooled_norm_is_calibrated_to_the_whole_utterances_evaluation_pools(
     many = calibration_dataset(small_utterances * 5, label_index, encoder.info.sample_rate)
     assert len(small_utterances) * 5 > CALIBRATION_UTTERANCES >= len(many) > CALIBRATION_UTTERANCES // 2
     assert many.utterances[0] == small_utterances[0]
+
+
+@pytest.mark.parametrize("kind", ["classifier", "multitask"])
+def test_head_init_probe_starts_the_emotion_head_at_the_logistic_regression_of_its_pooled_vectors(small_utterances, tiny_encoder, kind):
+    """LP-FT's start: the head's logits are the probe's decision function on the calibrated pooled vectors; an absent class is never predicted."""
+    from sklearn.linear_model import LogisticRegression
+
+    from trainables.config import ClassifierConfig
+    from trainables.data.audio import Crop
+    from trainables.data.batching import UtteranceDataset
+    from trainables.models.heads import UtteranceClassifier
+    from trainables.models.multitask import MultitaskClassifier
+    from trainables.phases.classifier import init_head_by_probe
+    from trainables.training import inference_outputs
+
+    encoder = load_encoder(tiny_encoder)
+    label_index = {c: i for i, c in enumerate(CLASSES)}
+    cfg = ClassifierConfig(head_init="probe", head_norm="batch", loudness=True, spectral_balance=True)
+    without_sad = [u for u in small_utterances if u.label != "sad"]
+    dataset = UtteranceDataset(without_sad, label_index, encoder.info.sample_rate, None, Crop.NONE)
+    if kind == "classifier":
+        model = UtteranceClassifier(encoder, "stats", {"emotion": 4}, head_norm="batch", loudness=True, spectral_balance=True)
+    else:
+        model = MultitaskClassifier(encoder, "stats", 4, {"gender": 2}, head_norm="batch", loudness=True, spectral_balance=True)
+    init_head_by_probe(model, dataset, cfg, LocalRuntime())
+    assert model.training  # left as it was
+    model.eval()
+
+    def head_input(net, batch):
+        seen = []
+        handle = net.heads["emotion"].register_forward_pre_hook(lambda _module, inputs: seen.append(inputs[0]))
+        net(batch.waveforms, batch.attention_mask)
+        handle.remove()
+        return seen[0]
+
+    indices, pooled = inference_outputs(model, dataset, 320.0, LocalRuntime(), head_input)
+    assert pooled.shape[1] == 2 * 32 + 2 + 8  # stats pooling of the 32-wide tiny encoder, the loudness level, the spectral balance
+    _, logits = inference_outputs(model, dataset, 320.0, LocalRuntime(), lambda net, batch: net(batch.waveforms, batch.attention_mask)["emotion"])
+    labels = [label_index[dataset.utterances[i].label] for i in indices]
+    probe = LogisticRegression(C=cfg.probe_c, class_weight="balanced", max_iter=2000).fit(pooled.numpy(), labels)
+    assert list(probe.classes_) == [0, 1, 2]
+    assert np.allclose(logits[:, :3].numpy(), probe.decision_function(pooled.numpy()), atol=1e-3)
+    assert (logits[:, 3] < logits[:, :3].min(dim=1).values - 5).all()  # sad was not among the training utterances
+    assert (logits.argmax(1).numpy() == probe.predict(pooled.numpy())).all()
+    cosine = UtteranceClassifier(encoder, "average", {"emotion": 4}, head_kinds={"emotion": "cosine"})
+    with pytest.raises(ValueError, match="linear emotion head"):
+        init_head_by_probe(cosine, dataset, cfg, LocalRuntime())

@@ -110,6 +110,11 @@ class ClassifierConfig:
     #: Append the utterance's spectral balance (its long-term average spectrum in 8 log-spaced bands, shape only) to the
     #: pooled vector: a group-norm CNN standardises each band filter over the utterance (trainables.models.spectral_balance).
     spectral_balance: bool = False
+    #: How a linear emotion head starts: "random", or "probe": a class-balanced logistic regression (inverse regularisation
+    #: ``probe_c``) solved on the starting encoder's pooled vectors of the whole training utterances (LP-FT, Kumar et al. 2022).
+    #: AM-Softmax's cosine head (GMP-TL's stage 2) starts at random either way.
+    head_init: Literal["random", "probe"] = "random"
+    probe_c: float = 0.1
 
     def __post_init__(self) -> None:
         _check(
@@ -117,6 +122,7 @@ class ClassifierConfig:
                 (0 <= self.dropout < 1, "dropout", "dropout must be in [0, 1)"),
                 (self.eval_max_batch_seconds > 0, "eval_max_batch_seconds", "eval_max_batch_seconds must be positive"),
                 (self.spec_augment is None or 0 <= self.spec_augment < 1, "spec_augment", "spec_augment must be in [0, 1) or null"),
+                (self.probe_c > 0, "probe_c", "probe_c (the head's logistic regression's inverse regularisation) must be positive"),
             ]
         )
 
@@ -357,25 +363,27 @@ def smoke_settings(epochs: int = 8) -> PhaseSettings:
 
     A small encoder needs far higher learning rates than a pretrained HuBERT.
     Its pooled frames vary little between utterances next to their mean, so
-    the classifiers standardise them (``head_norm: batch``) and their heads
-    learn at 3e-2; SpecAugment is off, because a few masked spans shift a small
-    encoder's pooled frames far more than its classes differ. The classifiers
-    read a learnt mix of all layers (``layers: weighted``): a tiny encoder's
-    emotion is not in its last layer more than in its first (``bench/encoder_probe.py``),
-    and TAPT pools the mean and spread of the frames (``stats``). Both read the
-    utterance's loudness level beside the pooled frames (``loudness``), which the
-    encoder's normalised CNN cannot hear. Short batches keep a 2-core CPU busy
-    without swapping.
+    the classifiers standardise them (``head_norm: batch``); SpecAugment is
+    off, because a few masked spans shift a small encoder's pooled frames far
+    more than its classes differ. The classifiers read a learnt mix of all
+    layers (``layers: weighted``): a tiny encoder's emotion is not in its last
+    layer more than in its first (``bench/encoder_probe.py``), and TAPT pools
+    the mean and spread of the frames (``stats``). Both read the utterance's
+    loudness level and spectral balance beside the pooled frames (``loudness``,
+    ``spectral_balance``), which the encoder's normalised CNN cannot hear, and
+    start their emotion head from a logistic regression on the starting
+    encoder's pooled vectors (``head_init: probe``, LP-FT). Short batches keep a
+    2-core CPU busy without swapping.
     """
     train = TrainConfig(epochs=epochs, lr=1e-3, head_lr=3e-3, max_batch_seconds=40.0, max_train_seconds=6.0, warmup_fraction=0.1)
-    classify = replace(train, head_lr=3e-2)
+    reads = {"head_norm": "batch", "layers": "weighted", "loudness": True, "spectral_balance": True, "head_init": "probe"}
     return PhaseSettings(
-        tapt=TaptConfig(train=classify, spec_augment=0.0, head_norm="batch", layers="weighted", loudness=True, pooling="stats", pretrain="none", pretrain_layer=2,
+        tapt=TaptConfig(train=train, spec_augment=0.0, **reads, pooling="stats", pretrain="none", pretrain_layer=2,
                         pretrain_clusters=50, pretrain_cpt=CptConfig(train=train)),
         embed_max_batch_seconds=80.0,
         kmeans=KMeansSettings(max_fit_frames=50_000, n_init=2),
         cpt=CptConfig(train=train),
-        finetune=ClassifierConfig(train=classify, spec_augment=0.0, head_norm="batch", layers="weighted", loudness=True),
+        finetune=ClassifierConfig(train=train, spec_augment=0.0, **reads),
     )
 
 

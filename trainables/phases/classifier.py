@@ -86,6 +86,55 @@ def calibration_dataset(train: Sequence[Utterance], label_index: dict[str, int],
     return UtteranceDataset(list(train)[::step], label_index, sample_rate, None, Crop.NONE)
 
 
+def init_head_by_probe(model: torch.nn.Module, dataset: UtteranceDataset, cfg: ClassifierConfig, runtime: Runtime) -> None:
+    """Set ``model``'s linear emotion head to a logistic regression solved on what it reads, ``[N, D]``, for ``dataset`` (whole utterances, evaluation mode).
+
+    The first step of LP-FT (linear probing, then fine-tuning; Kumar et al.,
+    2022): fine-tuning starts from the best linear read-out of the starting
+    encoder instead of a random head, whose first updates would otherwise
+    pull the encoder towards whatever the random head needs. The pooled norms
+    are calibrated on the same utterances first, so the regression sees what
+    the head will see. Classes absent from ``dataset`` get zero weights and a
+    bias far below the others. ``model``: an :class:`UtteranceClassifier` or
+    a multi-task classifier (``heads[EMOTION_TASK]``, its pooled vector as input).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    head = model.heads[EMOTION_TASK]
+    if not isinstance(head, torch.nn.Linear):
+        raise ValueError("head_init: probe needs the linear emotion head; the cosine (AM-Softmax) head starts at random")
+    calibrate_pooled_norm(model, dataset, cfg.eval_max_batch_seconds, runtime)
+
+    def head_inputs(net, batch: Batch) -> torch.Tensor:
+        seen: list[torch.Tensor] = []
+        handle = net.heads[EMOTION_TASK].register_forward_pre_hook(lambda _module, inputs: seen.append(inputs[0]))
+        try:
+            net(batch.waveforms, batch.attention_mask)
+        finally:
+            handle.remove()
+        return seen[0]
+
+    was_training = model.training
+    model.eval()
+    indices, pooled = inference_outputs(model, dataset, cfg.eval_max_batch_seconds, runtime, head_inputs)
+    model.train(was_training)
+    labels = np.array([dataset.label_index[dataset.utterances[i].label] for i in indices])
+    present = np.unique(labels)
+    if len(present) < 2:
+        raise ValueError("head_init: probe needs at least two classes among the training utterances")
+    probe = LogisticRegression(C=cfg.probe_c, class_weight="balanced" if cfg.class_weighting else None, max_iter=2000)
+    probe.fit(pooled.numpy(), labels)
+    coef, intercept = probe.coef_, probe.intercept_
+    if len(present) == 2:  # sklearn keeps one row for two classes: the same softmax as +-half of it
+        coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
+    rows = torch.as_tensor(present)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.fill_(float(intercept.min()) - 10.0)
+        head.weight[rows] = torch.as_tensor(coef, dtype=head.weight.dtype).to(head.weight.device)
+        head.bias[rows] = torch.as_tensor(intercept, dtype=head.bias.dtype).to(head.bias.device)
+
+
 def validation_scorer(
     train: Sequence[Utterance], val: Sequence[Utterance], classes: Sequence[str], cfg: ClassifierConfig, runtime: Runtime, sample_rate: int
 ) -> Callable[[torch.nn.Module], dict[str, float]]:
@@ -156,6 +205,8 @@ def train_classifier(
         return loss, extra
 
     evaluate = validation_scorer(train, val, classes, cfg, runtime, rate)
+    if cfg.head_init == "probe" and model.head_kinds[EMOTION_TASK] == "linear":
+        init_head_by_probe(model, UtteranceDataset(train, label_index, rate, None, Crop.NONE), cfg, runtime)
     result = fit(model, loader, sampler, loss_fn, cfg.train, runtime, evaluate=evaluate, select="val_ua")
     model.load_state_dict(result.best_state)
     return model, result

@@ -33,7 +33,7 @@ from trainables.data.transcripts import VOCAB_SIZE
 from trainables.models.encoder import load_encoder
 from trainables.models.multitask import CTC, EMOTION, MultitaskClassifier, ctc_loss
 from trainables.phases.artifacts import describe_utterances, encoder_dir, encoder_fingerprint, write_record
-from trainables.phases.classifier import class_weights, evaluate_classifier, validation_scorer
+from trainables.phases.classifier import class_weights, evaluate_classifier, init_head_by_probe, validation_scorer
 from trainables.phases.evaluation import write_evaluation
 from trainables.runtime import Runtime, training_record
 from trainables.training import fit, make_loader, seed_everything
@@ -94,6 +94,7 @@ def run_multitask(
     started = time.perf_counter()
     seed_everything(cfg.train.seed + runtime.rank)
     model = build_model(encoder, pooling, classes, objective, cfg)
+    fresh = list(model.state_dict())
     if init is not None:
         fresh = load_stage(model, init)
         logger.info("%s starts from %s; new parts: %s", phase, init, ", ".join(fresh) or "none")
@@ -130,6 +131,8 @@ def run_multitask(
         return loss, extra
 
     evaluate = validation_scorer(train, val, classes, cfg, runtime, rate)
+    if cfg.head_init == "probe" and f"heads.{EMOTION}.weight" in fresh:  # a later stage keeps the emotion head it starts from
+        init_head_by_probe(model, UtteranceDataset(train, label_index, rate, None, Crop.NONE), cfg, runtime)
     result = fit(model, loader, sampler, loss_fn, train_cfg, runtime, evaluate=evaluate, select="val_ua")
     model.load_state_dict(result.best_state)
     model = model.to(runtime.device).eval()
