@@ -103,6 +103,7 @@ def init_head_by_probe(model: torch.nn.Module, dataset: UtteranceDataset, cfg: C
     head = model.heads[EMOTION_TASK]
     if not isinstance(head, torch.nn.Linear):
         raise ValueError("head_init: probe needs the linear emotion head; the cosine (AM-Softmax) head starts at random")
+    model.to(runtime.device)  # before training wraps it: the batches come on the runtime's device
     calibrate_pooled_norm(model, dataset, cfg.eval_max_batch_seconds, runtime)
 
     def head_inputs(net, batch: Batch) -> torch.Tensor:
@@ -127,7 +128,7 @@ def init_head_by_probe(model: torch.nn.Module, dataset: UtteranceDataset, cfg: C
     coef, intercept = probe.coef_, probe.intercept_
     if len(present) == 2:  # sklearn keeps one row for two classes: the same softmax as +-half of it
         coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
-    rows = torch.as_tensor(present)
+    rows = torch.as_tensor(present, device=head.weight.device)
     with torch.no_grad():
         head.weight.zero_()
         head.bias.fill_(float(intercept.min()) - 10.0)
