@@ -158,8 +158,13 @@ def main() -> None:
     uas, r2 = probe(encoded, args.folds), prosody_r2(encoded)
     with_loudness = probe(encoded, args.folds, loudness=True) if args.loudness else {}
     with_both = probe(encoded, args.folds, loudness=True, spectral=True) if args.spectral_balance else {}
-    print(f"| layer | probe test UA % (folds {args.folds or 'all'}) | with loudness | with loudness and spectral balance | R^2 log energy | R^2 log F0 | R^2 voicing |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    header = ["layer", f"probe test UA % (folds {args.folds or 'all'})", "with loudness", "with loudness and spectral balance", "R^2 log energy", "R^2 log F0", "R^2 voicing"]
+    print("| " + " | ".join(header) + " |")
+    print("| --- " * len(header) + "|")
+
+    def summary_row(name: str, ua: float) -> None:
+        print(f"| {name} | {100 * ua:.1f} |" + " |" * (len(header) - 2))
+
     for layer, ua in uas.items():
         beside = " | ".join(f"{100 * extra[layer]:.1f}" if extra else "" for extra in (with_loudness, with_both))
         print(f"| {layer} | {100 * ua:.1f} | {beside} | " + " | ".join(f"{r2[layer][name]:.2f}" for name in ("log energy", "log F0", "voicing")) + " |")
@@ -167,10 +172,10 @@ def main() -> None:
              "loudness and spectral balance": [encoded.loudness, encoded.spectral] if args.spectral_balance else []}
     for name, parts in alone.items():
         if parts:
-            print(f"| {name} | {100 * mean_ua(np.hstack(parts), encoded.utterances, args.folds):.1f} | | | | | |")
+            summary_row(name, mean_ua(np.hstack(parts), encoded.utterances, args.folds))
     if args.egemaps:
         for group, ua in egemaps_uas(args.manifest, args.folds).items():
-            print(f"| eGeMAPS, {group} | {100 * ua:.1f} | | | | |")
+            summary_row(f"eGeMAPS, {group}", ua)
 
 
 if __name__ == "__main__":

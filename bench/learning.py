@@ -143,9 +143,8 @@ def write_report(results: dict, args: argparse.Namespace) -> None:
             value = study.get(f"baseline {name}")
             lines.append(row(f"baseline `{name}` (same folds)", name, "n/a" if value is None else f"{100 * value:.1f}"))
         lines.append(row(f"`run-fold --preset smoke` fold 2 ({' '.join(CANDIDATE)})", "run-fold", f"{100 * result['run_fold']['test_ua']:.1f}"))
-        probe_text = ", ".join(f"L{layer} {100 * ua:.1f}" for layer, ua in result["probe"].items())
-        loudness_text = ", ".join(f"L{layer} {100 * ua:.1f}" for layer, ua in result["probe with loudness"].items())
-        both_text = ", ".join(f"L{layer} {100 * ua:.1f}" for layer, ua in result["probe with loudness and spectral balance"].items())
+        probe_text, loudness_text, both_text = (", ".join(f"L{layer} {100 * ua:.1f}" for layer, ua in result[key].items())
+                                                for key in ("probe", "probe with loudness", "probe with loudness and spectral balance"))
         pitch_text = ", ".join(f"L{layer} {r2:.2f}" for layer, r2 in result["pitch_r2"].items())
         lines += ["", f"Frozen-feature probe of the pretrained encoder (no fine-tuning), per layer: {probe_text}; "
                   f"with the utterance's loudness level beside (what `loudness: true` adds): {loudness_text}; "

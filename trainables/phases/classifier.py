@@ -48,6 +48,18 @@ def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
 CALIBRATION_UTTERANCES = 128
 
 
+def inputs_of(modules: Sequence[torch.nn.Module], net: torch.nn.Module, batch: Batch) -> list[torch.Tensor]:
+    """Run ``net`` on ``batch``; return the first input each of ``modules`` (parts of ``net``) received."""
+    seen: dict[int, torch.Tensor] = {}
+    handles = [module.register_forward_pre_hook(lambda _module, inputs, i=i: seen.setdefault(i, inputs[0])) for i, module in enumerate(modules)]
+    try:
+        net(batch.waveforms, batch.attention_mask)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [seen[i] for i in range(len(modules))]
+
+
 def calibrate_pooled_norm(model: torch.nn.Module, dataset: UtteranceDataset, max_batch_seconds: float, runtime: Runtime) -> None:
     """Give every :class:`PooledNorm` of ``model`` (``head_norm: batch``, ``loudness``, ``spectral_balance``) the exact statistics of what evaluation will feed it; a no-op without one.
 
@@ -66,14 +78,7 @@ def calibrate_pooled_norm(model: torch.nn.Module, dataset: UtteranceDataset, max
         return
 
     def norm_inputs(net, batch: Batch) -> torch.Tensor:
-        seen: dict[int, torch.Tensor] = {}
-        handles = [norm.register_forward_pre_hook(lambda _module, inputs, i=i: seen.setdefault(i, inputs[0])) for i, norm in enumerate(norms)]
-        try:
-            net(batch.waveforms, batch.attention_mask)
-        finally:
-            for handle in handles:
-                handle.remove()
-        return torch.cat([seen[i].float() for i in range(len(norms))], dim=-1)
+        return torch.cat([seen.float() for seen in inputs_of(norms, net, batch)], dim=-1)
 
     _, inputs = inference_outputs(model, dataset, max_batch_seconds, runtime, norm_inputs)
     for norm, part in zip(norms, inputs.split([norm.num_features for norm in norms], dim=-1)):
@@ -105,19 +110,9 @@ def init_head_by_probe(model: torch.nn.Module, dataset: UtteranceDataset, cfg: C
         raise ValueError("head_init: probe needs the linear emotion head; the cosine (AM-Softmax) head starts at random")
     model.to(runtime.device)  # before training wraps it: the batches come on the runtime's device
     calibrate_pooled_norm(model, dataset, cfg.eval_max_batch_seconds, runtime)
-
-    def head_inputs(net, batch: Batch) -> torch.Tensor:
-        seen: list[torch.Tensor] = []
-        handle = net.heads[EMOTION_TASK].register_forward_pre_hook(lambda _module, inputs: seen.append(inputs[0]))
-        try:
-            net(batch.waveforms, batch.attention_mask)
-        finally:
-            handle.remove()
-        return seen[0]
-
     was_training = model.training
     model.eval()
-    indices, pooled = inference_outputs(model, dataset, cfg.eval_max_batch_seconds, runtime, head_inputs)
+    indices, pooled = inference_outputs(model, dataset, cfg.eval_max_batch_seconds, runtime, lambda net, batch: inputs_of([net.heads[EMOTION_TASK]], net, batch)[0])
     model.train(was_training)
     labels = np.array([dataset.label_index[dataset.utterances[i].label] for i in indices])
     present = np.unique(labels)
