@@ -26,7 +26,6 @@ from study.io import layout
 from study.io.records import read_trial_records
 from study.report.model import best_trial
 from trainables.data.audio import AudioError, chunk, load_waveform
-from trainables.data.batching import inference_batches
 from trainables.phases.artifacts import classifier_dir
 from trainables.phases.classifier import CLASSIFIER_FILE, EMOTION_TASK, load_classifier
 from trainables.phases.multitask import DESCRIPTION_FILE, load_multitask
@@ -131,10 +130,11 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def _probabilities(models, pieces: list[torch.Tensor], device: torch.device, one_at_a_time: bool, batch_seconds: float, rate: int) -> list[torch.Tensor]:
+def _probabilities(models, pieces: list[torch.Tensor], device: torch.device, batch_seconds: float) -> list[torch.Tensor]:
     """Mean class probabilities over ``models`` of each waveform piece (``[samples]``), batched by length."""
     out: list[torch.Tensor | None] = [None] * len(pieces)
-    for indices in inference_batches([p.numel() / rate for p in pieces], batch_seconds, one_at_a_time):
+    encoder = models[0].encoder
+    for indices in encoder.inference_batches([p.numel() / encoder.info.sample_rate for p in pieces], batch_seconds, device):
         longest = max(pieces[i].numel() for i in indices)
         waves = torch.zeros(len(indices), longest)
         mask = torch.zeros(len(indices), longest, dtype=torch.long)
@@ -186,7 +186,7 @@ def predict(
         pieces += chunk(waveform, max_samples, min_samples=info.receptive_field)
         spans.append(range(start, len(pieces)))
     with torch.inference_mode():
-        probs = _probabilities(models, pieces, target, info.group_norm, batch_seconds, info.sample_rate) if pieces else []
+        probs = _probabilities(models, pieces, target, batch_seconds) if pieces else []
     predictions = []
     for index, (path, waveform) in enumerate(waveforms):
         mine = [(probs[k], pieces[k].numel()) for k in spans[index]]

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from transformers import get_linear_schedule_with_warmup, set_seed
 
 from trainables.config import TrainConfig
-from trainables.data.batching import Batch, BucketBatchSampler, UtteranceDataset, collate, inference_batches
+from trainables.data.batching import Batch, BucketBatchSampler, UtteranceDataset, collate
 from trainables.runtime import Runtime, autocast, load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -195,11 +195,11 @@ def inference_outputs(
     """``forward(model, batch)`` ``[B, ...]`` for every item of ``dataset``, without gradients, gathered from all ranks.
 
     Returns dataset indices (sorted) and the outputs in that order (float32, CPU).
-    Each rank runs every ``world_size``-th batch of :func:`inference_batches`
-    (one utterance each for a group-norm CNN); no collective runs inside the
+    Each rank runs every ``world_size``-th batch of the encoder's :meth:`~trainables.models.encoder.SpeechEncoder.inference_batches`
+    (one utterance each for an encoder whose frames depend on padding); no collective runs inside the
     model, so ranks may hold different numbers of batches.
     """
-    batches = inference_batches(dataset.durations(), max_batch_seconds, one_at_a_time=unwrap(model).encoder.info.group_norm)
+    batches = unwrap(model).encoder.inference_batches(dataset.durations(), max_batch_seconds, runtime.device)
     indices: list[int] = []
     outputs: list[torch.Tensor] = []
     for batch_indices in batches[runtime.rank :: runtime.world_size]:

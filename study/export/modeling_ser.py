@@ -76,6 +76,30 @@ class SerStudyConfig(PretrainedConfig):
         return AutoConfig.for_model(values.pop("model_type"), **values)
 
 
+class ValidGroupNorm(nn.GroupNorm):
+    """The encoder CNN's first group norm, with statistics over each row's first ``lengths[b]`` positions when set.
+
+    As ser-study trains (its ``trainables.models.masked_norm``): a padded
+    utterance's frames are those it has alone. Without lengths it is ``nn.GroupNorm``.
+    """
+
+    lengths: torch.Tensor | None = None
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.lengths is None:
+            return super().forward(hidden)
+        batch, channels, time = hidden.shape
+        x = hidden.float().reshape(batch, self.num_groups, channels // self.num_groups, time)
+        valid = (torch.arange(time, device=hidden.device)[None, :] < self.lengths[:, None]).to(x.dtype)[:, None, None, :]
+        count = (valid.sum(dim=-1, keepdim=True) * x.shape[2]).clamp(min=1)
+        mean = (x * valid).sum(dim=(2, 3), keepdim=True) / count
+        var = (((x - mean) * valid) ** 2).sum(dim=(2, 3), keepdim=True) / count
+        normed = ((x - mean) * torch.rsqrt(var + self.eps)).reshape(batch, channels, time)
+        if self.affine:
+            normed = normed * self.weight.float()[None, :, None] + self.bias.float()[None, :, None]
+        return normed.to(hidden.dtype)
+
+
 class SerStudyForAudioClassification(PreTrainedModel):
     config_class = SerStudyConfig
     base_model_prefix = "ser"
@@ -86,6 +110,12 @@ class SerStudyForAudioClassification(PreTrainedModel):
         encoder_config = config.encoder_config()
         hidden = encoder_config.hidden_size
         self.encoder = AutoModel.from_config(encoder_config)
+        norm = self.first_norm()
+        if norm is not None:  # the same parameters, under the same names
+            valid = ValidGroupNorm(norm.num_groups, norm.num_channels, norm.eps, norm.affine)
+            if norm.affine:
+                valid.weight, valid.bias = norm.weight, norm.bias
+            self.encoder.feature_extractor.conv_layers[0].layer_norm = valid
         states = encoder_config.num_hidden_layers + 1
         self.layer_mix = nn.ParameterDict({"logits": nn.Parameter(torch.zeros(states))}) if config.layers == "weighted" else nn.ParameterDict()
         self.pooling = nn.ModuleDict({"score": nn.Linear(hidden, 1)}) if config.pooling == "attention" else nn.ModuleDict()
@@ -100,6 +130,12 @@ class SerStudyForAudioClassification(PreTrainedModel):
         else:
             self.classifier = nn.Linear(width, config.num_labels)
         self.post_init()
+
+    def first_norm(self) -> nn.GroupNorm | None:
+        """The group norm of the encoder CNN's first layer (HuBERT-base's, wav2vec2-base's), or None."""
+        layers = getattr(getattr(self.encoder, "feature_extractor", None), "conv_layers", None)
+        norm = getattr(layers[0], "layer_norm", None) if layers else None
+        return norm if isinstance(norm, nn.GroupNorm) else None
 
     def _init_weights(self, module: nn.Module) -> None:
         """Every weight comes from the exported checkpoint; a fresh model starts from small random heads."""
@@ -167,7 +203,15 @@ class SerStudyForAudioClassification(PreTrainedModel):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_values, dtype=torch.long)
         weighted = self.config.layers == "weighted"
-        out = self.encoder(input_values, attention_mask=attention_mask, output_hidden_states=weighted, return_dict=True)
+        norm = self.first_norm()
+        if norm is not None:
+            kernel, stride = self.encoder.config.conv_kernel[0], self.encoder.config.conv_stride[0]
+            norm.lengths = (torch.div(attention_mask.sum(dim=1) - kernel, stride, rounding_mode="floor") + 1).clamp(min=0)
+        try:
+            out = self.encoder(input_values, attention_mask=attention_mask, output_hidden_states=weighted, return_dict=True)
+        finally:
+            if norm is not None:
+                norm.lengths = None
         hidden = out.last_hidden_state
         if weighted:
             weights = torch.softmax(self.layer_mix["logits"], dim=0).to(hidden.dtype)

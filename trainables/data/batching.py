@@ -254,9 +254,10 @@ class BucketBatchSampler(Sampler[list[int]]):
 def inference_batches(durations: Sequence[float], max_batch_seconds: float, one_at_a_time: bool) -> list[list[int]]:
     """Batches for a pass without gradients (evaluation, embeddings): length-bucketed, or one utterance each.
 
-    ``one_at_a_time`` for encoders whose CNN normalises over time (group norm):
-    there, zero padding changes the valid frames' features, so an utterance
-    must be encoded alone to give the same features whatever its batch.
+    ``one_at_a_time`` for encoders whose frames depend on zero padding (a CNN
+    that normalises over time, group norm, without
+    :class:`~trainables.models.masked_norm.MaskedGroupNorm`): there an
+    utterance must be encoded alone to give the same features whatever its batch.
     """
     if one_at_a_time:
         return [[index] for index in range(len(durations))]

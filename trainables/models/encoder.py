@@ -14,8 +14,10 @@ import json
 import re
 import logging
 import pickle
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -23,9 +25,13 @@ from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, HubertConf
 from transformers.utils import logging as hf_logging
 
 from trainables.config import TinyEncoderConfig
+from trainables.data.batching import inference_batches
+from trainables.models.masked_norm import MaskedGroupNorm, first_group_norm, install_masked_group_norm
 
 logger = logging.getLogger(__name__)
 
+#: On a CPU, the most bytes of the CNN's first activation one inference batch holds (:meth:`SpeechEncoder.inference_batches`).
+CPU_BATCH_ACTIVATION_BYTES = 32 * 2**20
 #: The audio settings of encoders saved by ser-study before they carried a feature extractor.
 LEGACY_AUDIO_CONFIG = "ser_study_audio.json"
 DEFAULT_SAMPLE_RATE = 16000
@@ -48,8 +54,10 @@ class EncoderInfo:
     sample_rate: int
     normalize: bool
     #: The CNN's first layer normalises each channel over time (``feat_extract_norm="group"``: HuBERT-base,
-    #: wav2vec2-base): padding then changes the valid frames, so inference encodes one utterance at a time.
+    #: wav2vec2-base); :class:`SpeechEncoder` makes that norm skip padding (trainables.models.masked_norm).
     group_norm: bool = False
+    #: Channels of the CNN's first convolution (512 for HuBERT-base): what an inference batch's activations cost on a CPU.
+    first_conv_channels: int = 512
 
     @classmethod
     def from_config(cls, name_or_path: str | Path, config, sample_rate: int, normalize: bool) -> "EncoderInfo":
@@ -64,6 +72,7 @@ class EncoderInfo:
             sample_rate=sample_rate,
             normalize=normalize,
             group_norm=getattr(config, "feat_extract_norm", "layer") == "group",
+            first_conv_channels=int(getattr(config, "conv_dim", (512,))[0]),
         )
 
     def check_layer(self, layer: int, field: str = "layer") -> None:
@@ -74,10 +83,10 @@ class EncoderInfo:
                 f"layers: choose {field} in 0..{self.num_layers} (0 = CNN output)"
             )
 
-    def frame_lengths(self, sample_lengths: torch.Tensor) -> torch.Tensor:
-        """Number of encoder frames for waveforms of ``sample_lengths`` samples (the CNN's arithmetic)."""
+    def frame_lengths(self, sample_lengths: torch.Tensor, layers: int | None = None) -> torch.Tensor:
+        """Number of encoder frames for waveforms of ``sample_lengths`` samples (the CNN's arithmetic; its first ``layers`` only when given)."""
         lengths = torch.as_tensor(sample_lengths)
-        for kernel, stride in zip(self.conv_kernel, self.conv_stride):
+        for kernel, stride in list(zip(self.conv_kernel, self.conv_stride))[:layers]:
             lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
         return lengths.clamp(min=0)
 
@@ -196,13 +205,37 @@ class EncoderOutput:
 
 
 class SpeechEncoder(nn.Module):
-    """A HuggingFace speech SSL model with its audio front end and frame arithmetic."""
+    """A HuggingFace speech SSL model with its audio front end and frame arithmetic.
+
+    A group-norm CNN's first norm becomes a :class:`MaskedGroupNorm`, so a
+    padded utterance's valid frames are those it has alone (``padding_invariant``).
+    """
 
     def __init__(self, model: nn.Module, info: EncoderInfo):
         super().__init__()
         self.model = model
         self.info = info
         self._saved_mask_time_prob = getattr(model.config, "mask_time_prob", 0.0)
+        install_masked_group_norm(model)
+
+    @property
+    def padding_invariant(self) -> bool:
+        """Whether an utterance's valid frames are the same in any zero-padded batch (else inference encodes one at a time)."""
+        return not self.info.group_norm or isinstance(first_group_norm(self.model), MaskedGroupNorm)
+
+    def inference_batches(self, durations: Sequence[float], max_batch_seconds: float, device: torch.device) -> list[list[int]]:
+        """Batches of dataset indices for a pass without gradients on ``device`` (:func:`~trainables.data.batching.inference_batches`).
+
+        On a CPU a batch also keeps its first CNN activation (float32) under
+        :data:`CPU_BATCH_ACTIVATION_BYTES`: past the caches, a batch is slower
+        than its utterances one at a time (``bench/results/cpu_batches.md``:
+        HuBERT-base's 512 channels reach that in 5 s of audio, the tiny
+        encoder's 32 in 80 s).
+        """
+        if device.type == "cpu":
+            per_second = 4 * self.info.first_conv_channels * self.info.sample_rate / self.info.conv_stride[0]
+            max_batch_seconds = min(max_batch_seconds, CPU_BATCH_ACTIVATION_BYTES / per_second)
+        return inference_batches(durations, max_batch_seconds, one_at_a_time=not self.padding_invariant)
 
     def set_spec_augment(self, mask_time_prob: float) -> None:
         """SpecAugment's time masking while training (HF reads ``config.mask_time_prob`` at each forward); saving keeps the checkpoint's own."""
@@ -244,13 +277,16 @@ class SpeechEncoder(nn.Module):
             mean = (waveforms * mask).sum(dim=1, keepdim=True) / count
             var = (((waveforms - mean) * mask) ** 2).sum(dim=1, keepdim=True) / count
             waveforms = (waveforms - mean) / torch.sqrt(var + 1e-7) * mask
-        out = self.model(
-            waveforms,
-            attention_mask=attention_mask,
-            mask_time_indices=mask_time_indices,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-        )
+        norm = first_group_norm(self.model)
+        valid = norm.valid_lengths(self.info.frame_lengths(attention_mask.sum(dim=1), layers=1)) if isinstance(norm, MaskedGroupNorm) else nullcontext()
+        with valid:
+            out = self.model(
+                waveforms,
+                attention_mask=attention_mask,
+                mask_time_indices=mask_time_indices,
+                output_hidden_states=output_hidden_states,
+                return_dict=True,
+            )
         frames = out.last_hidden_state.shape[1]
         lengths = self.info.frame_lengths(attention_mask.sum(dim=1)).clamp(max=frames)
         frame_mask = torch.arange(frames, device=waveforms.device)[None, :] < lengths[:, None]

@@ -1,10 +1,9 @@
 """Utterance pooling over the valid frames of an encoder output.
 
 Both poolings ignore padded frames, so the pooling itself adds no dependence
-on a batch's padding. The frames may still depend on it: an encoder whose CNN
-normalises over time (group norm, e.g. HuBERT-base) gives padded utterances
-other features, which is why inference encodes such an encoder's utterances
-one at a time (:func:`trainables.data.batching.inference_batches`).
+on a batch's padding. Nor do the frames: a CNN that normalises over time
+(group norm, e.g. HuBERT-base) takes its statistics over the valid samples
+only (:mod:`trainables.models.masked_norm`).
 """
 
 from __future__ import annotations

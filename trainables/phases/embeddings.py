@@ -18,7 +18,7 @@ import torch
 
 from trainables.atomic import atomic_directory
 from trainables.data.audio import Crop
-from trainables.data.batching import UtteranceDataset, collate, inference_batches
+from trainables.data.batching import UtteranceDataset, collate
 from trainables.data.manifest import Utterance
 from trainables.models.encoder import load_encoder
 from trainables.phases.artifacts import PhaseRecord, describe_utterances, write_record
@@ -56,7 +56,7 @@ def run_embeddings(
     for layer in layers:
         encoder.info.check_layer(layer)
     dataset = UtteranceDataset(utterances, {}, encoder.info.sample_rate, None, Crop.NONE)
-    batches = inference_batches(dataset.durations(), max_batch_seconds, one_at_a_time=encoder.info.group_norm)
+    batches = encoder.inference_batches(dataset.durations(), max_batch_seconds, runtime.device)
     frames: dict[int, list[np.ndarray | None]] = {layer: [None] * len(dataset) for layer in layers}
     audio_seconds = 0.0
     with torch.no_grad():

@@ -139,7 +139,8 @@ def score(fold: FoldContext, classifier_step: str, name: str = "score") -> str:
         classifier = path if (path / "classifier.json").is_file() else classifier_dir(path)
         best = read_record(path)["results"]["best"]
         val = {key.removeprefix("val_"): value for key, value in best.items() if key.startswith("val_")}
-        fold.executor.task("score", out, classifier=classifier, val_metrics=val, test=fold.test, classes=fold.classes)
+        fold.executor.task("score", out, classifier=classifier, val_metrics=val, test=fold.test, classes=fold.classes,
+                           eval_max_batch_seconds=fold.settings.finetune.eval_max_batch_seconds)
 
     fold.step(name, {"test": fold.fingerprint("test"), "classes": list(fold.classes)}, build, after=[classifier_step])
     return name
