@@ -45,7 +45,8 @@ CANDIDATE = ["--layer", "2", "--clusters", "8", "--mask-ratio", "0.2", "--poolin
 #: The same measurements at earlier commits, for the comparison: 72fedf3 (the classifiers read the last layer),
 #: 090447d (a learnt mix of all layers, mean and spread pooling; a layer-norm CNN pretrained on masked frames only),
 #: 7518d30 (the tiny encoder hears pitch: group-norm CNN, unmasked frames' loss, fixed pitch targets),
-#: b1c20f4 (evaluation's pooled normalisation calibrated on whole training utterances).
+#: b1c20f4 (evaluation's pooled normalisation calibrated on whole training utterances), fc39f91 (the loudness level),
+#: 1c0b0c4 (a reproducible espeak corpus), 2f30098 (the spectral balance and the probe start).
 BEFORE = {
     "72fedf3": {
         "synth": {"best": "47.6", "egemaps": "83.6", "finetune": "50.3", "tapt": "58.0", "run-fold": "63.6"},
@@ -71,6 +72,10 @@ BEFORE = {
     "1c0b0c4": {
         "synth": {"best": "64.9", "egemaps": "83.6", "finetune": "61.9", "tapt": "61.1", "run-fold": "66.6"},
         "espeak": {"best": "51.0", "egemaps": "55.7", "finetune": "48.2", "tapt": "42.7", "run-fold": "54.7"},
+    },
+    "2f30098": {
+        "synth": {"best": "76.8", "egemaps": "83.6", "finetune": "79.7", "tapt": "71.3", "run-fold": "77.1"},
+        "espeak": {"best": "63.1", "egemaps": "55.7", "finetune": "58.5", "tapt": "57.8", "run-fold": "52.6"},
     },
 }
 
