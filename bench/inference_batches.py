@@ -54,6 +54,7 @@ def encode(encoder, dataset: UtteranceDataset, batches: list[list[int]]) -> tupl
 
 def measure(name: str, encoder_path: Path, utterances, budgets) -> list[str]:
     encoder = load_encoder(encoder_path).eval()
+    name = f"{name} ({'group' if encoder.info.group_norm else 'layer'} norm)"
     dataset = UtteranceDataset(utterances, {}, encoder.info.sample_rate, None, Crop.NONE)
     audio = sum(dataset.durations())
     alone_seconds, alone = encode(encoder, dataset, inference_batches(dataset.durations(), 1.0, one_at_a_time=True))
@@ -77,10 +78,11 @@ def main() -> None:
     parser.add_argument("--hubert-base", action="store_true", help="also HuBERT-base's architecture, randomly initialised, on --hubert-utterances")
     parser.add_argument("--hubert-utterances", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (a fold's Ray task on the smoke study uses 1)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="the results file to write")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     utterances = read_manifest(args.manifest)
-    rows = measure(f"{args.encoder.name} (group norm)", args.encoder, utterances[: args.utterances], BUDGETS)
+    rows = measure(args.encoder.name, args.encoder, utterances[: args.utterances], BUDGETS)
     if args.hubert_base:
         with tempfile.TemporaryDirectory() as tmp:
             path = save_random_encoder(Path(tmp) / "hubert-base", HubertConfig(), normalize=False, seed=0)
@@ -99,7 +101,7 @@ def main() -> None:
         *rows,
         "",
     ])
-    atomic_write_text(RESULTS, text)
+    atomic_write_text(args.out, text)
     print(text)
 
 

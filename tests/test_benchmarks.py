@@ -62,3 +62,29 @@ def test_head_variants_fine_tunes_each_variant_on_the_folds(small_manifest, tiny
     rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| `")]
     assert [json.loads(row[0].strip(" `")) for row in rows] == [json.loads(v) for v in variants]
     assert all(0 <= float(row[1]) <= 100 and 0 <= float(row[3]) <= 100 for row in rows)
+
+
+def test_inference_batches_finds_batched_frames_equal_to_frames_alone(small_manifest, tmp_path):
+    """The benchmark's own check, through its entry point on a group-norm tiny encoder: every batch budget gives the one-at-a-time frames."""
+    from trainables.config import TinyEncoderConfig
+    from trainables.models.encoder import make_tiny_encoder
+
+    encoder = make_tiny_encoder(tmp_path / "gn", TinyEncoderConfig(hidden_size=32, num_layers=2, intermediate_size=64, feat_extract_norm="group"))
+    out = tmp_path / "batches.md"
+    done = subprocess.run([sys.executable, "bench/inference_batches.py", "--manifest", str(small_manifest), "--encoder", str(encoder), "--utterances", "12",
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| gn")]
+    assert len(rows) == 7 and all("group norm" in row[0] for row in rows)  # one at a time, five budgets, the CPU's cap
+    assert all(float(row[6]) < 1e-4 for row in rows[1:6])
+
+
+def test_egemaps_groups_scores_each_group_alone_and_left_out(small_manifest, tmp_path):
+    out = tmp_path / "groups.md"
+    done = subprocess.run([sys.executable, "bench/egemaps_groups.py", str(small_manifest), "--folds", "1", "2", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| ") and not line.startswith(("| features", "| ---"))]
+    assert [row[0].strip() for row in rows] == ["all", "pitch", "loudness", "tempo", "spectral balance", "voice quality"]
+    assert sum(int(row[1]) for row in rows[1:]) <= int(rows[0][1]) == 88  # the groups do not overlap
+    assert all(0 <= float(row[2]) <= 100 for row in rows)
