@@ -1,7 +1,7 @@
 """Which of eGeMAPS's feature groups carry a corpus's emotions: each group alone, and all but it.
 
-The eGeMAPS baseline (88 functionals, standardised, class-balanced logistic
-regression) scored leave-one-session-out on the manifest's sessions, with the
+The eGeMAPS baseline's features (88 functionals) through ``encoder_probe``'s
+logistic regression (standardised, class-balanced, C 0.1), scored leave-one-session-out on the manifest's sessions, with the
 features grouped as openSMILE names them: pitch, loudness, tempo (rates and
 segment lengths), spectral balance (alpha ratio, Hammarberg index, slopes,
 flux, MFCCs) and voice quality (jitter, shimmer, HNR, harmonic differences,
@@ -18,14 +18,11 @@ import argparse
 import datetime
 from pathlib import Path
 
-import numpy as np
-
+from encoder_probe import egemaps_features, mean_ua
 from machine import describe_machine
 from trainables.atomic import atomic_write_text
 from trainables.data.labels import classes_of
 from trainables.data.manifest import read_manifest
-from trainables.metrics import classification_metrics
-from trainables.phases.egemaps import SAMPLE_RATE
 
 RESULTS = Path(__file__).parent / "results" / "egemaps_groups.md"
 #: openSMILE's eGeMAPSv02 functional names, by the cue they measure.
@@ -38,25 +35,7 @@ GROUPS = {
 }
 
 
-def loso_ua(features: np.ndarray, labels: np.ndarray, sessions: np.ndarray, columns: list[int], folds: list[int], classes: int) -> float:
-    """Mean test UA over ``folds`` (held-out sessions) of the eGeMAPS baseline's model on ``columns``."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    scores = []
-    for session in folds:
-        train, test = sessions != session, sessions == session
-        scaler = StandardScaler().fit(features[train][:, columns])
-        model = LogisticRegression(C=0.1, class_weight="balanced", max_iter=5000).fit(scaler.transform(features[train][:, columns]), labels[train])
-        scores.append(classification_metrics(labels[test].tolist(), model.predict(scaler.transform(features[test][:, columns])).tolist(), classes)["ua"])
-    return 100 * float(np.mean(scores))
-
-
 def main() -> None:
-    import opensmile
-
-    from trainables.data.audio import load_waveform
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("manifest", type=Path)
     parser.add_argument("--folds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
@@ -64,18 +43,13 @@ def main() -> None:
     args = parser.parse_args()
     utterances = read_manifest(args.manifest)
     classes = list(classes_of(utterances))
-    smile = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02, feature_level=opensmile.FeatureLevel.Functionals)
-    features = np.asarray([smile.process_signal(load_waveform(u.path, SAMPLE_RATE).numpy(), SAMPLE_RATE).to_numpy()[0] for u in utterances])
-    labels = np.array([classes.index(u.label) for u in utterances])
-    sessions = np.array([u.session for u in utterances])
-    names = list(smile.feature_names)
+    features, names = egemaps_features(utterances)
     everything = list(range(len(names)))
-    rows = [f"| all | {len(names)} | {loso_ua(features, labels, sessions, everything, args.folds, len(classes)):.1f} | - |"]
+    rows = [f"| all | {len(names)} | {100 * mean_ua(features, utterances, args.folds):.1f} | - |"]
     for group, member in GROUPS.items():
         columns = [i for i, name in enumerate(names) if member(name)]
         rest = [i for i in everything if i not in columns]
-        alone = loso_ua(features, labels, sessions, columns, args.folds, len(classes))
-        without = loso_ua(features, labels, sessions, rest, args.folds, len(classes))
+        alone, without = (100 * mean_ua(features[:, part], utterances, args.folds) for part in (columns, rest))
         rows.append(f"| {group} | {len(columns)} | {alone:.1f} | {without:.1f} |")
     text = "\n".join([
         "# eGeMAPS feature groups: which cues carry the emotions",

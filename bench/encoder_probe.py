@@ -126,19 +126,26 @@ def prosody_r2(encoded: Encoded, held_out: float = 1 / 3) -> dict[int, dict[str,
     return results
 
 
-def egemaps_uas(manifest: Path, folds: list[int] | None) -> dict[str, float]:
-    """Mean test UA of the probe's logistic regression on the eGeMAPS baseline's own features (``run_egemaps_features``): all, and per group."""
+def egemaps_features(utterances) -> tuple[np.ndarray, list[str]]:
+    """The eGeMAPS baseline's own features (``run_egemaps_features``) of ``utterances``: ``[N, 88]`` in their order, and the feature names."""
     import json
     import tempfile
 
-    from trainables.data.manifest import read_manifest
     from trainables.phases.egemaps import FEATURES_FILE, INDEX_FILE, run_egemaps_features
 
-    utterances = read_manifest(manifest)
     with tempfile.TemporaryDirectory(prefix="ser-egemaps-") as tmp:
         run_egemaps_features(utterances, Path(tmp) / "features")
-        features = np.load(Path(tmp) / "features" / FEATURES_FILE)  # one row per utterance, in manifest order
+        features = np.load(Path(tmp) / "features" / FEATURES_FILE)
         names = json.loads((Path(tmp) / "features" / INDEX_FILE).read_text())["features"]
+    return features, names
+
+
+def egemaps_uas(manifest: Path, folds: list[int] | None) -> dict[str, float]:
+    """Mean test UA of the probe's logistic regression on the eGeMAPS baseline's own features: all, and per group."""
+    from trainables.data.manifest import read_manifest
+
+    utterances = read_manifest(manifest)
+    features, names = egemaps_features(utterances)
     loudness = np.array(["loudness" in name for name in names])
     pitch = np.array([name.startswith("F0") for name in names])
     groups = {"all": np.ones_like(loudness), "loudness": loudness, "F0": pitch, "the rest": ~loudness & ~pitch}
