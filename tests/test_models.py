@@ -291,6 +291,16 @@ def test_the_masked_group_norm_is_group_norm_on_the_valid_positions():
     for row, length in enumerate((20, 7, 1)):
         expected = F.group_norm(hidden[row : row + 1, :, :length], 4, norm.weight, norm.bias, norm.eps)
         assert torch.allclose(masked[row : row + 1, :, :length], expected, atol=1e-5)
+    # Gradients too: a loss on the valid positions reaches the input as it does through group norm on them alone.
+    leaf = hidden.clone().requires_grad_()
+    with norm.valid_lengths(torch.tensor([20, 7, 1])):
+        norm(leaf)[1:2, :, :7].square().sum().backward()
+    alone = hidden[1:2, :, :7].clone().requires_grad_()
+    F.group_norm(alone, 4, norm.weight, norm.bias, norm.eps).square().sum().backward()
+    assert torch.allclose(leaf.grad[1:2, :, :7], alone.grad, atol=1e-4) and not leaf.grad[1:2, :, 7:].any() and not leaf.grad[0].any()
+    unscaled = MaskedGroupNorm(8, 8, affine=False)
+    with unscaled.valid_lengths(torch.tensor([20, 7, 1])):
+        assert torch.allclose(unscaled(hidden)[1:2, :, :7], F.group_norm(hidden[1:2, :, :7], 8, eps=unscaled.eps), atol=1e-5)
 
 
 def test_embedding_an_utterance_alone_or_in_a_batch_gives_the_same_frames(group_norm_encoder, small_utterances, tmp_path):

@@ -47,15 +47,21 @@ class MaskedGroupNorm(nn.GroupNorm):
         if self.lengths is None:
             return super().forward(hidden)
         batch, channels, time = hidden.shape
-        x = hidden.float().reshape(batch, self.num_groups, channels // self.num_groups, time)
-        valid = (torch.arange(time, device=hidden.device)[None, :] < self.lengths.to(hidden.device)[:, None]).to(x.dtype)[:, None, None, :]
-        count = (valid.sum(dim=-1, keepdim=True) * x.shape[2]).clamp(min=1)  # [B, 1, 1, 1]
-        mean = (x * valid).sum(dim=(2, 3), keepdim=True) / count
-        var = (((x - mean) * valid) ** 2).sum(dim=(2, 3), keepdim=True) / count
-        normed = ((x - mean) * torch.rsqrt(var + self.eps)).reshape(batch, channels, time)
-        if self.affine:
-            normed = normed * self.weight.float()[None, :, None] + self.bias.float()[None, :, None]
-        return normed.to(hidden.dtype)
+        x = hidden.float()
+        per_group = channels // self.num_groups
+        valid = (torch.arange(time, device=x.device)[None, :] < self.lengths.to(x.device)[:, None]).to(x.dtype)  # [B, T]
+        count = (valid.sum(dim=1, keepdim=True) * per_group).clamp(min=1)  # [B, 1]
+
+        def channel_means(values: torch.Tensor) -> torch.Tensor:
+            """``values`` ``[B, C, T]`` -> the mean over each group's valid positions, per channel ``[B, C, 1]`` (a batched matmul: the fastest masked sum)."""
+            sums = torch.bmm(values, valid[:, :, None]).reshape(batch, self.num_groups, per_group).sum(dim=-1)
+            return (sums / count).repeat_interleave(per_group, dim=1)[:, :, None]
+
+        centered = x - channel_means(x)
+        scale = torch.rsqrt(channel_means(centered.square()) + self.eps)  # [B, C, 1]
+        if not self.affine:
+            return (centered * scale).to(hidden.dtype)
+        return torch.addcmul(self.bias.float()[None, :, None], centered, scale * self.weight.float()[None, :, None]).to(hidden.dtype)
 
 
 def first_group_norm(model: nn.Module) -> nn.GroupNorm | None:
