@@ -329,6 +329,12 @@ def test_the_audio_settings_are_the_feature_extractors(tiny_encoder, tmp_path):
     assert read_encoder_info(copy).normalize is True and read_encoder_info(tiny_encoder).normalize is False
 
 
+def test_load_encoder_sets_the_attention_dropout_or_keeps_the_checkpoints(tiny_encoder):
+    rates = lambda encoder: {m.dropout for m in encoder.model.modules() if type(m).__name__.endswith("Attention")}  # noqa: E731
+    assert rates(load_encoder(tiny_encoder)) == {0.1}
+    assert rates(load_encoder(tiny_encoder, attention_dropout=0.0)) == {0.0}
+
+
 def test_freezing_the_cnn_builds_no_graph_through_it(tiny_encoder):
     encoder = load_encoder(tiny_encoder).train()
     waveforms = torch.randn(2, 8000)

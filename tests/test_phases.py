@@ -72,6 +72,13 @@ def test_tapt_saves_an_encoder_and_a_record_of_what_it_trained_on(chain, fold, t
     assert load_encoder(encoder_dir(chain / "tapt")).info.num_layers == 3
 
 
+def test_the_smoke_preset_trains_every_phase_without_attention_dropout(chain, tiny_encoder):
+    """``attention_dropout: 0`` reaches the encoder each training phase loads, and is saved with it; the pretrained encoder keeps its own."""
+    saved = lambda directory: json.loads((directory / "config.json").read_text())["attention_dropout"]  # noqa: E731
+    assert saved(tiny_encoder) == 0.1
+    assert saved(encoder_dir(chain / "tapt")) == saved(encoder_dir(chain / "cpt")) == saved(classifier_dir(chain / "ft") / "encoder") == 0.0
+
+
 def test_embeddings_keep_several_layers_in_fp16_with_frame_offsets(chain, fold):
     train, val, _ = fold
     ids, offsets = read_index(chain / "emb")

@@ -313,20 +313,25 @@ def feature_extractor(info: EncoderInfo) -> Wav2Vec2FeatureExtractor:
 hf_logging.disable_progress_bar()
 
 
-def load_encoder(name_or_path: str | Path, layerdrop: float = 0.0, freeze_feature_encoder: bool = True, spec_augment: float | None = None) -> SpeechEncoder:
+def load_encoder(
+    name_or_path: str | Path, layerdrop: float = 0.0, freeze_feature_encoder: bool = True, spec_augment: float | None = None, attention_dropout: float | None = None
+) -> SpeechEncoder:
     """Load an encoder for training or inference.
 
     ``layerdrop`` defaults to 0: dropped layers leave parameters without
     gradients, which DDP does not allow. The model always gets a mask embedding
     (created if the checkpoint has none) so continued pretraining can mask frames.
     ``spec_augment`` sets SpecAugment's time masking in training (HF
-    ``mask_time_prob``); None keeps the checkpoint's.
+    ``mask_time_prob``); None keeps the checkpoint's. ``attention_dropout``
+    sets the dropout on attention weights in training (HF ``attention_dropout``);
+    None keeps the checkpoint's.
     """
     info = read_encoder_info(name_or_path)
     try:
         # safetensors, or a PyTorch .bin read with weights_only=True (tensors only): never an arbitrary pickle.
         name, revision = split_revision(info.name_or_path)
-        model = AutoModel.from_pretrained(name, revision=revision, layerdrop=layerdrop, apply_spec_augment=True, weights_only=True)
+        overrides = {} if attention_dropout is None else {"attention_dropout": attention_dropout}
+        model = AutoModel.from_pretrained(name, revision=revision, layerdrop=layerdrop, apply_spec_augment=True, weights_only=True, **overrides)
     except pickle.UnpicklingError as err:
         raise EncoderError(
             f"refused to load the encoder weights of {info.name_or_path!r}: the file holds Python objects, not just tensors "

@@ -169,7 +169,7 @@ def train_classifier(
 ) -> tuple[UtteranceClassifier, FitResult]:
     """Train a classifier from ``encoder_path`` for ``objective``; return it with the best validation-UA state loaded."""
     seed_everything(cfg.train.seed + runtime.rank)
-    encoder = load_encoder(encoder_path, freeze_feature_encoder=cfg.freeze_feature_encoder, spec_augment=cfg.spec_augment)
+    encoder = load_encoder(encoder_path, freeze_feature_encoder=cfg.freeze_feature_encoder, spec_augment=cfg.spec_augment, attention_dropout=cfg.attention_dropout)
     label_index = {c: i for i, c in enumerate(classes)}
     aux_tasks = [metadata_task(name) for name in objective.aux]
     model = UtteranceClassifier(

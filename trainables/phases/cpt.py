@@ -129,7 +129,7 @@ def run_cpt(
         raise ValueError(f"mask_ratio must be in [0, 1) (0: frame classification, nothing masked), got {mask_ratio}")
     started = time.perf_counter()
     seed_everything(cfg.train.seed + runtime.rank)
-    encoder = load_encoder(init_encoder, freeze_feature_encoder=cfg.freeze_feature_encoder)
+    encoder = load_encoder(init_encoder, freeze_feature_encoder=cfg.freeze_feature_encoder, attention_dropout=cfg.attention_dropout)
     tables = {name: load_pseudo_labels(path) for name, path in clusterings.items()}
     for name, table in tables.items():
         missing = [u.utt_id for u in utterances if u.utt_id not in table]

@@ -46,7 +46,7 @@ DESCRIPTION_FILE = "model.json"
 
 def build_model(encoder_path: str | Path, pooling: str, classes: Sequence[str], objective: MultitaskObjective, cfg: ClassifierConfig) -> MultitaskClassifier:
     """The model of ``objective`` on the encoder at ``encoder_path``."""
-    encoder = load_encoder(encoder_path, freeze_feature_encoder=cfg.freeze_feature_encoder, spec_augment=cfg.spec_augment)
+    encoder = load_encoder(encoder_path, freeze_feature_encoder=cfg.freeze_feature_encoder, spec_augment=cfg.spec_augment, attention_dropout=cfg.attention_dropout)
     return MultitaskClassifier(
         encoder, pooling, len(classes), {name: len(metadata_task(name).classes) for name in objective.aux},
         ctc_vocab=VOCAB_SIZE if objective.transcript_weight > 0 else 0, ctc_layer=objective.ctc_layer,
