@@ -298,6 +298,12 @@ def test_the_masked_group_norm_is_group_norm_on_the_valid_positions():
     alone = hidden[1:2, :, :7].clone().requires_grad_()
     F.group_norm(alone, 4, norm.weight, norm.bias, norm.eps).square().sum().backward()
     assert torch.allclose(leaf.grad[1:2, :, :7], alone.grad, atol=1e-4) and not leaf.grad[1:2, :, 7:].any() and not leaf.grad[0].any()
+    # Under mixed precision (bf16 autocast, as training on a GPU) the statistics stay float32, as autocast keeps group_norm.
+    offset = hidden * 5 + 3
+    with norm.valid_lengths(torch.tensor([20, 7, 1])):
+        full = norm(offset)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.allclose(norm(offset), full, atol=1e-5)
     unscaled = MaskedGroupNorm(8, 8, affine=False)
     with unscaled.valid_lengths(torch.tensor([20, 7, 1])):
         assert torch.allclose(unscaled(hidden)[1:2, :, :7], F.group_norm(hidden[1:2, :, :7], 8, eps=unscaled.eps), atol=1e-5)

@@ -88,6 +88,10 @@ class ValidGroupNorm(nn.GroupNorm):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.lengths is None:
             return super().forward(hidden)
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self._masked(hidden)
+
+    def _masked(self, hidden: torch.Tensor) -> torch.Tensor:
         batch, channels, time = hidden.shape
         x = hidden.float()
         per_group = channels // self.num_groups

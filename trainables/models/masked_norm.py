@@ -46,6 +46,10 @@ class MaskedGroupNorm(nn.GroupNorm):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.lengths is None:
             return super().forward(hidden)
+        with torch.autocast(hidden.device.type, enabled=False):  # statistics in float32, as autocast keeps group_norm
+            return self._masked(hidden)
+
+    def _masked(self, hidden: torch.Tensor) -> torch.Tensor:
         batch, channels, time = hidden.shape
         x = hidden.float()
         per_group = channels // self.num_groups
