@@ -93,13 +93,15 @@ def session_uas(features: np.ndarray, utterances, folds: list[int] | None) -> di
     return scores
 
 
+def pooled_frames(encoded: Encoded, layer: int) -> np.ndarray:
+    """Each utterance's ``layer`` frames pooled to their mean and standard deviation: ``[N, 2H]``."""
+    return np.stack([np.concatenate([s[layer].mean(0), s[layer].std(0)]) for s in encoded.states])
+
+
 def probe(encoded: Encoded, folds: list[int] | None, loudness: bool = False, spectral: bool = False) -> dict[int, float]:
     """Mean test UA over ``folds`` of the probe on each layer's mean+std pooled frames (and the loudness level, the spectral balance): ``{layer: UA}``."""
     extra = [encoded.loudness] * loudness + [encoded.spectral] * spectral
-    return {
-        layer: mean_ua(np.hstack([np.stack([np.concatenate([s[layer].mean(0), s[layer].std(0)]) for s in encoded.states]), *extra]), encoded.utterances, folds)
-        for layer in range(len(encoded.states[0]))
-    }
+    return {layer: mean_ua(np.hstack([pooled_frames(encoded, layer), *extra]), encoded.utterances, folds) for layer in range(len(encoded.states[0]))}
 
 
 def mean_ua(features: np.ndarray, utterances, folds: list[int] | None) -> float:

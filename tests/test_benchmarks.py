@@ -79,12 +79,19 @@ def test_inference_batches_finds_batched_frames_equal_to_frames_alone(small_mani
     assert all(float(row[6]) < 1e-4 for row in rows[1:6])
 
 
-def test_egemaps_groups_scores_each_group_alone_and_left_out(small_manifest, tmp_path):
+def test_egemaps_groups_scores_each_group_alone_left_out_and_beside_the_encoders_probe(small_manifest, tiny_encoder, tmp_path):
     out = tmp_path / "groups.md"
-    done = subprocess.run([sys.executable, "bench/egemaps_groups.py", str(small_manifest), "--folds", "1", "2", "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "bench/egemaps_groups.py", str(small_manifest), "--folds", "1", "2", "--encoder", str(tiny_encoder), "--layer", "1", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| ") and not line.startswith(("| features", "| ---"))]
-    assert [row[0].strip() for row in rows] == ["all", "pitch", "loudness", "tempo", "spectral balance", "voice quality"]
-    assert sum(int(row[1]) for row in rows[1:]) <= int(rows[0][1]) == 88  # the groups do not overlap
-    assert all(0 <= float(row[2]) <= 100 for row in rows)
+    groups, beside = [row for row in rows if len(row) == 4], [row for row in rows if len(row) == 3]
+    assert [row[0].strip() for row in groups] == ["all", "pitch", "loudness", "tempo", "spectral balance", "voice quality"]
+    assert sum(int(row[1]) for row in groups[1:]) <= int(groups[0][1]) == 88  # the groups do not overlap
+    assert all(0 <= float(row[2]) <= 100 for row in groups)
+    # The probe: layer 1's mean and spread (2 x 32), the loudness level (2) and the spectral balance (8); then each group beside it.
+    assert [row[0].strip() for row in beside] == ["the probe alone"] + [f"the probe + {row[0].strip()}" for row in groups[1:]]
+    assert [int(row[1]) for row in beside] == [74] + [74 + int(row[1]) for row in groups[1:]]
+    assert all(0 <= float(row[2]) <= 100 for row in beside)
