@@ -384,12 +384,12 @@ def smoke_settings(epochs: int = 8) -> PhaseSettings:
     """
     train = TrainConfig(epochs=epochs, lr=1e-3, head_lr=3e-3, max_batch_seconds=40.0, max_train_seconds=6.0, warmup_fraction=0.1)
     reads = {"head_norm": "batch", "layers": "weighted", "loudness": True, "spectral_balance": True, "head_init": "probe", "attention_dropout": 0.0}
+    cpt = CptConfig(train=train, attention_dropout=0.0)
     return PhaseSettings(
-        tapt=TaptConfig(train=train, spec_augment=0.0, **reads, pooling="stats", pretrain="none", pretrain_layer=2,
-                        pretrain_clusters=50, pretrain_cpt=CptConfig(train=train, attention_dropout=0.0)),
+        tapt=TaptConfig(train=train, spec_augment=0.0, **reads, pooling="stats", pretrain="none", pretrain_layer=2, pretrain_clusters=50, pretrain_cpt=cpt),
         embed_max_batch_seconds=80.0,
         kmeans=KMeansSettings(max_fit_frames=50_000, n_init=2),
-        cpt=CptConfig(train=train, attention_dropout=0.0),
+        cpt=cpt,
         finetune=ClassifierConfig(train=train, spec_augment=0.0, **reads),
     )
 
