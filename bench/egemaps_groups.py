@@ -55,13 +55,13 @@ def main() -> None:
     classes = list(classes_of(utterances))
     features, names = egemaps_features(utterances)
     everything = list(range(len(names)))
+    group_columns = {group: [i for i, name in enumerate(names) if member(name)] for group, member in GROUPS.items()}
     rows = [f"| all | {len(names)} | {100 * mean_ua(features, utterances, args.folds):.1f} | - |"]
-    for group, member in GROUPS.items():
-        columns = [i for i, name in enumerate(names) if member(name)]
+    for group, columns in group_columns.items():
         rest = [i for i in everything if i not in columns]
         alone, without = (100 * mean_ua(features[:, part], utterances, args.folds) for part in (columns, rest))
         rows.append(f"| {group} | {len(columns)} | {alone:.1f} | {without:.1f} |")
-    beside = [] if args.encoder is None else encoder_rows(args.manifest, args.encoder, args.layer, features, names, args.folds)
+    beside = [] if args.encoder is None else encoder_rows(args.manifest, args.encoder, args.layer, features, group_columns, args.folds)
     text = "\n".join([
         "# eGeMAPS feature groups: which cues carry the emotions",
         "",
@@ -81,13 +81,12 @@ def main() -> None:
     print(text)
 
 
-def encoder_rows(manifest: Path, encoder: Path, layer: int, features: np.ndarray, names: list[str], folds: list[int]) -> list[str]:
-    """The results' second table: the encoder's probe (``layer``, loudness level, spectral balance) alone and with each group beside it."""
+def encoder_rows(manifest: Path, encoder: Path, layer: int, features: np.ndarray, group_columns: dict[str, list[int]], folds: list[int]) -> list[str]:
+    """The results' second table: the encoder's probe (``layer``, loudness level, spectral balance) alone and with each group's ``features`` columns beside it."""
     encoded = encode(manifest, encoder)
     view = np.hstack([pooled_frames(encoded, layer), encoded.loudness, encoded.spectral])
     rows = [f"| the probe alone | {view.shape[1]} | {100 * mean_ua(view, encoded.utterances, folds):.1f} |"]
-    for group, member in GROUPS.items():
-        columns = [i for i, name in enumerate(names) if member(name)]
+    for group, columns in group_columns.items():
         rows.append(f"| the probe + {group} | {view.shape[1] + len(columns)} | {100 * mean_ua(np.hstack([view, features[:, columns]]), encoded.utterances, folds):.1f} |")
     return [
         f"What each group adds to `{encoder}`'s probe (hidden_states[{layer}]: mean and spread of the frames, with the loudness",
