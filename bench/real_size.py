@@ -7,16 +7,20 @@ per session). Each recipe runs one fold (``--fold``) through one shared
 artifact cache with the ``hubert`` preset's settings, except: ``--epochs``
 per training phase, k-means on faiss (CPU) and gradient accumulation over
 parts of ``--micro-batch-seconds`` of audio (the same updates as the preset's
-160 s batches, in the memory a CPU has).
+160 s batches, in the memory a CPU has). ``--max-batch-seconds`` makes the
+batches shorter, so that a few dozen utterances give several updates per epoch:
+whether each phase's training loss falls on the real-size architecture.
 
 Per phase it records the wall time and the peak resident memory of the
 process (sampled every 50 ms by a thread; the whole process, so it includes
-what earlier phases left allocated), and per training phase the loss of its
-first and last epoch.
+what earlier phases left allocated), and per training phase its updates and
+the training loss of each epoch.
 
-Run: ``.venv/bin/python bench/real_size.py`` (defaults: 8 utterances per
+Run: ``.venv/bin/python bench/real_size.py`` (defaults: 10 utterances per
 session, 2 epochs, every recipe; writes ``bench/results/real_size.md``).
-``tests/test_real_size.py`` runs it with fewer utterances and one epoch.
+``bench/results/real_size_training.md`` is the same with 8 s batches for 4
+epochs (its command is in it). ``tests/test_real_size.py`` runs it with fewer
+utterances and one epoch.
 """
 
 from __future__ import annotations
@@ -114,12 +118,16 @@ class MeasuredExecutor(LocalExecutor):
         return self._measure("task", phase, out, lambda: super(MeasuredExecutor, self).task(phase, out, **kwargs))
 
 
-def losses(artifact: Path) -> tuple[float, float] | None:
-    """The first and last epoch's training loss of a training phase's artifact."""
+def losses(artifact: Path) -> list[float]:
+    """The training loss of each epoch of a training phase's artifact (empty for a task phase)."""
     history = read_record(artifact).get("results", {}).get("history") or []
-    if not history:
-        return None
-    return history[0].get("train_loss"), history[-1].get("train_loss")
+    return [epoch["train_loss"] for epoch in history if "train_loss" in epoch]
+
+
+def updates(artifact: Path) -> int:
+    """How many optimizer updates a training phase's artifact was trained with, over all its epochs."""
+    history = read_record(artifact).get("results", {}).get("history") or []
+    return int(sum(epoch.get("train_steps", 0) for epoch in history))
 
 
 def shortest(utterances: list, per_session: int | None) -> list:
@@ -139,7 +147,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     corpus = generate_demo_corpus(workdir / "corpus", DemoCorpusConfig(utterances_per_session=args.utterances_per_session, seed=0))
     utterances = shortest(read_iemocap(corpus, get_label_set("4class")).utterances, args.keep_per_session)
     encoder = save_random_encoder(workdir / "hubert-base-random", HubertConfig(), normalize=False, seed=0)
-    settings = PRESETS["hubert"]().with_training(epochs=args.epochs, micro_batch_seconds=args.micro_batch_seconds)
+    batches = {} if args.max_batch_seconds is None else {"max_batch_seconds": args.max_batch_seconds}
+    settings = PRESETS["hubert"]().with_training(epochs=args.epochs, micro_batch_seconds=args.micro_batch_seconds, **batches)
     settings = replace(settings, kmeans=replace(settings.kmeans, backend="faiss"), tapt=replace(settings.tapt, pretrain_clusters=args.tapt_clusters))
     executor = MeasuredExecutor()
     cache = ArtifactCache(workdir / "cache")
@@ -148,7 +157,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         started = time.perf_counter()
         first = len(executor.rows)
         result = run_fold_chain(FoldChain(utterances, args.fold, FoldProtocol(), method, PARAMS[method], settings, str(encoder), classes_of(utterances)), cache, executor)
-        outcomes[method] = {"seconds": time.perf_counter() - started, "test_ua": result.test["ua"], "phases": executor.rows[first:]}
+        phases = [{**row, "losses": losses(row["artifact"]), "updates": updates(row["artifact"]) if row["kind"] == "train" else None} for row in executor.rows[first:]]
+        outcomes[method] = {"seconds": time.perf_counter() - started, "test_ua": result.test["ua"], "phases": phases}
         logger.info("%s: test UA %.3f in %.0f s", method, result.test["ua"], outcomes[method]["seconds"])
     return {"utterances": len(utterances), "audio_s": sum(u.duration_s for u in utterances), "outcomes": outcomes, "peak_gib": max((r["peak_gib"] for r in executor.rows), default=0.0)}
 
@@ -162,20 +172,21 @@ def report(args: argparse.Namespace, measured: dict[str, Any], total_s: float) -
         f"- machine: {describe_machine()}",
         f"- command: `{command}`",
         f"- corpus: generated, {measured['utterances']} utterances ({measured['audio_s']:.0f} s of audio), fold {args.fold} (strict)",
-        f"- settings: the `hubert` preset, {args.epochs} epoch(s) per training phase, gradient accumulation over "
-        f"{args.micro_batch_seconds:g} s parts of its 160 s batches, k-means on faiss, TAPT's pretraining K {args.tapt_clusters}",
+        f"- settings: the `hubert` preset, {args.epochs} epoch(s) per training phase, batches of "
+        f"{'160' if args.max_batch_seconds is None else f'{args.max_batch_seconds:g}'} s of audio (gradient accumulation over "
+        f"{args.micro_batch_seconds:g} s parts), k-means on faiss, TAPT's pretraining K {args.tapt_clusters}",
         f"- peak resident memory over the whole run: **{measured['peak_gib']:.2f} GiB** (goal: under 12 GiB); total {total_s / 60:.1f} min",
         "- a phase built by an earlier recipe is cached and not run again (the recipes share TAPT, embeddings and k-means where they can)",
         "",
-        "| recipe | phase | wall (s) | peak RSS (GiB) | train loss first -> last epoch |",
-        "| --- | --- | ---: | ---: | --- |",
+        "| recipe | phase | wall (s) | peak RSS (GiB) | updates | train loss per epoch |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
     ]
     for method, outcome in measured["outcomes"].items():
         for row in outcome["phases"]:
-            pair = losses(row["artifact"]) if row["kind"] == "train" else None
-            trend = "-" if pair is None else f"{pair[0]:.3f} -> {pair[1]:.3f}"
-            lines.append(f"| {method} | {row['phase']} | {row['seconds']:.0f} | {row['peak_gib']:.2f} | {trend} |")
-        lines.append(f"| {method} | **fold total** (test UA {100 * outcome['test_ua']:.1f}, untrained-size data: not a result) | {outcome['seconds']:.0f} | | |")
+            trend = " ".join(f"{loss:.3f}" for loss in row["losses"]) or "-"
+            steps = "-" if row["updates"] is None else str(row["updates"])
+            lines.append(f"| {method} | {row['phase']} | {row['seconds']:.0f} | {row['peak_gib']:.2f} | {steps} | {trend} |")
+        lines.append(f"| {method} | **fold total** (test UA {100 * outcome['test_ua']:.1f}, untrained-size data: not a result) | {outcome['seconds']:.0f} | | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -186,6 +197,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--fold", type=int, default=1)
     parser.add_argument("--micro-batch-seconds", type=float, default=20.0)
+    parser.add_argument("--max-batch-seconds", type=float, help="audio per update (default: the preset's 160 s); shorter gives more updates per epoch")
     parser.add_argument("--tapt-clusters", type=int, default=100, help="TAPT's masked-pretraining K (the preset's 500 needs more frames than a few dozen utterances)")
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES)
     parser.add_argument("--workdir", help="where the corpus, encoder and cache go (default: a temporary folder, removed)")

@@ -30,4 +30,6 @@ def test_hubert_base_runs_the_paper_tapt_within_the_memory_goal(tmp_path):
     config = json.loads((Path(phases[3]["artifact"]) / "encoder" / "config.json").read_text())
     assert (config["hidden_size"], config["num_hidden_layers"]) == (768, 12)  # HuBERT-base's architecture
     assert all(math.isfinite(epoch["train_loss"]) for epoch in record["results"]["history"])
+    assert phases[3]["losses"] == [epoch["train_loss"] for epoch in record["results"]["history"]] and phases[3]["updates"] >= 1
+    assert phases[0]["losses"] == [] and phases[0]["updates"] is None  # a task phase trains nothing
     assert "| tapt | tapt |" in (tmp_path / "real_size.md").read_text()
