@@ -173,7 +173,7 @@ def report(args: argparse.Namespace, measured: dict[str, Any], total_s: float) -
         f"- command: `{command}`",
         f"- corpus: generated, {measured['utterances']} utterances ({measured['audio_s']:.0f} s of audio), fold {args.fold} (strict)",
         f"- settings: the `hubert` preset, {args.epochs} epoch(s) per training phase, batches of "
-        f"{'160' if args.max_batch_seconds is None else f'{args.max_batch_seconds:g}'} s of audio (gradient accumulation over "
+        f"{args.max_batch_seconds or PRESETS['hubert']().finetune.train.max_batch_seconds:g} s of audio (gradient accumulation over "
         f"{args.micro_batch_seconds:g} s parts), k-means on faiss, TAPT's pretraining K {args.tapt_clusters}",
         f"- peak resident memory over the whole run: **{measured['peak_gib']:.2f} GiB** (goal: under 12 GiB); total {total_s / 60:.1f} min",
         "- a phase built by an earlier recipe is cached and not run again (the recipes share TAPT, embeddings and k-means where they can)",
