@@ -118,16 +118,15 @@ class MeasuredExecutor(LocalExecutor):
         return self._measure("task", phase, out, lambda: super(MeasuredExecutor, self).task(phase, out, **kwargs))
 
 
-def losses(artifact: Path) -> list[float]:
-    """The training loss of each epoch of a training phase's artifact (empty for a task phase)."""
-    history = read_record(artifact).get("results", {}).get("history") or []
-    return [epoch["train_loss"] for epoch in history if "train_loss" in epoch]
+def training(row: dict[str, Any]) -> dict[str, Any]:
+    """A measured phase's ``losses`` (the training loss of each epoch) and ``updates`` (optimizer updates over all epochs), from its record.
 
-
-def updates(artifact: Path) -> int:
-    """How many optimizer updates a training phase's artifact was trained with, over all its epochs."""
-    history = read_record(artifact).get("results", {}).get("history") or []
-    return int(sum(epoch.get("train_steps", 0) for epoch in history))
+    A task phase trains nothing: no losses, and ``updates`` is None.
+    """
+    if row["kind"] != "train":
+        return {"losses": [], "updates": None}
+    history = read_record(row["artifact"]).get("results", {}).get("history") or []
+    return {"losses": [epoch["train_loss"] for epoch in history if "train_loss" in epoch], "updates": int(sum(epoch.get("train_steps", 0) for epoch in history))}
 
 
 def shortest(utterances: list, per_session: int | None) -> list:
@@ -157,7 +156,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         started = time.perf_counter()
         first = len(executor.rows)
         result = run_fold_chain(FoldChain(utterances, args.fold, FoldProtocol(), method, PARAMS[method], settings, str(encoder), classes_of(utterances)), cache, executor)
-        phases = [{**row, "losses": losses(row["artifact"]), "updates": updates(row["artifact"]) if row["kind"] == "train" else None} for row in executor.rows[first:]]
+        phases = [{**row, **training(row)} for row in executor.rows[first:]]
         outcomes[method] = {"seconds": time.perf_counter() - started, "test_ua": result.test["ua"], "phases": phases}
         logger.info("%s: test UA %.3f in %.0f s", method, result.test["ua"], outcomes[method]["seconds"])
     return {"utterances": len(utterances), "audio_s": sum(u.duration_s for u in utterances), "outcomes": outcomes, "peak_gib": max((r["peak_gib"] for r in executor.rows), default=0.0)}
